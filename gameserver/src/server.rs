@@ -1,0 +1,137 @@
+//! Wiring: listeners, shard tick tasks, housekeeping, HTTP, and the graceful drain.
+//!
+//! `Server::bind` binds both ports (port 0 picks free ones, which the tests use);
+//! `Server::run(shutdown)` serves until `shutdown` resolves, then drains within the configured
+//! bound: it stops accepting, closes every connection with 1001 "server draining" and waits
+//! for them to go.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
+
+use crate::config::ServerConfig;
+use crate::host::{Host, Lifecycle, TickScratch};
+use crate::metrics::Metrics;
+use crate::ws::listener;
+
+#[derive(Debug)]
+pub struct Server {
+    host: Arc<Host>,
+    ws: TcpListener,
+    http: TcpListener,
+}
+
+impl Server {
+    /// Bind the WebSocket and HTTP ports.
+    pub async fn bind(cfg: ServerConfig) -> io::Result<Self> {
+        let ws = listener::bind(cfg.ws_addr, cfg.listen_backlog)?;
+        let http = TcpListener::bind(cfg.http_addr).await?;
+        let host = Host::new(cfg, Arc::new(Metrics::new()));
+        Ok(Server { host, ws, http })
+    }
+
+    pub fn ws_addr(&self) -> io::Result<SocketAddr> {
+        self.ws.local_addr()
+    }
+    pub fn http_addr(&self) -> io::Result<SocketAddr> {
+        self.http.local_addr()
+    }
+    pub fn host(&self) -> &Arc<Host> {
+        &self.host
+    }
+
+    /// Serve until `shutdown` resolves, then drain.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> io::Result<()> {
+        self.spawn(shutdown).await.unwrap_or_else(|e| Err(io::Error::other(e)))
+    }
+
+    /// Start serving (the server is Ready when this returns); the handle resolves after
+    /// `shutdown` resolved and the drain finished.
+    pub fn spawn(self, shutdown: impl Future<Output = ()> + Send + 'static) -> JoinHandle<io::Result<()>> {
+        let Server { host, ws, http } = self;
+        let cfg = host.config().clone();
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        for shard in 0..host.shard_count() {
+            tasks.push(tokio::spawn(run_shard(Arc::clone(&host), shard, stop_rx.clone())));
+        }
+        tasks.push(tokio::spawn(run_housekeeping(Arc::clone(&host), stop_rx.clone())));
+        {
+            let mut stop = stop_rx.clone();
+            let app = crate::http::router(Arc::clone(&host));
+            tasks.push(tokio::spawn(async move {
+                let graceful = async move { until_true(&mut stop).await };
+                if let Err(e) = axum::serve(http, app).with_graceful_shutdown(graceful).await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            }));
+        }
+        let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
+        let accept = tokio::spawn(listener::accept_loop(ws, Arc::clone(&host), accept_stop_rx));
+
+        host.set_lifecycle(Lifecycle::Ready);
+        tracing::info!(server_id = %cfg.server_id, "ready");
+        tokio::spawn(async move {
+            shutdown.await;
+            // Drain: no new connections, every client told, bounded wait.
+            tracing::info!(connections = host.connection_count(), "draining");
+            host.start_drain();
+            accept_stop_tx.send_replace(true);
+            let _ = accept.await;
+            let drained = tokio::time::timeout(cfg.drain_timeout, async {
+                while host.connection_count() > 0 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!(left = host.connection_count(), "drain timed out; closing anyway");
+            }
+            host.set_lifecycle(Lifecycle::Stopped);
+            stop_tx.send_replace(true);
+            for t in tasks {
+                let _ = t.await;
+            }
+            tracing::info!("stopped");
+            Ok(())
+        })
+    }
+}
+
+async fn run_shard(host: Arc<Host>, shard: usize, mut stop: watch::Receiver<bool>) {
+    let period = host.config().tick_interval();
+    // Shards tick at staggered phases so their work spreads over the tick interval.
+    let offset = period.mul_f64(shard as f64 / host.shard_count() as f64);
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    interval.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut scratch = TickScratch::default();
+    loop {
+        tokio::select! {
+            _ = interval.tick() => host.tick_shard(shard, &mut scratch),
+            () = crate::server::until_true(&mut stop) => return,
+        }
+    }
+}
+
+async fn run_housekeeping(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = interval.tick() => host.housekeeping(),
+            () = crate::server::until_true(&mut stop) => return,
+        }
+    }
+}
+
+/// Resolves once the watched flag is true (or its sender is gone).
+pub async fn until_true(flag: &mut watch::Receiver<bool>) {
+    let _ = flag.wait_for(|v| *v).await;
+}

@@ -1,0 +1,178 @@
+//! The async WebSocket client: connect with a subprotocol, join or resume, send inputs, and
+//! receive messages that keep a [`ClientSession`] mirror current. A detected gap sends `resync`
+//! by itself.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::codec::{DecodeError, EncodeError, Encoding, decode_server, encode};
+use crate::mirror::{ClientSession, Mirror, SessionEvent};
+use crate::protocol::{ClientMsg, Command, ErrorMsg, ServerMsg, Welcome, close};
+
+/// What went wrong on a client connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid URL: {0}")]
+    Url(String),
+    #[error("WebSocket error: {0}")]
+    WebSocket(#[from] tungstenite::Error),
+    #[error("the server did not agree to subprotocol {0}")]
+    Subprotocol(&'static str),
+    #[error("server refused: {} ({})", .0.message, .0.code.as_str())]
+    Refused(ErrorMsg),
+    #[error("connection closed by the server: {code} {reason}")]
+    Closed { code: u16, reason: String },
+    #[error("the server sent an undecodable message: {0}")]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error("the server sent a {0} frame on this subprotocol")]
+    WrongFrame(&'static str),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A message received and what it did to the session.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub msg: ServerMsg,
+    pub event: SessionEvent,
+}
+
+/// One WebSocket connection to a gameserver.
+#[derive(Debug)]
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    enc: Encoding,
+    session: ClientSession,
+}
+
+impl Client {
+    /// Connect to `url` (`ws://host:port/ws`) asking for `enc`'s subprotocol.
+    pub async fn connect(url: &str, enc: Encoding) -> Result<Self, ClientError> {
+        let mut request = url.into_client_request().map_err(|e| ClientError::Url(e.to_string()))?;
+        request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(enc.subprotocol()));
+        let config = WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);
+        let (ws, response) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+        let agreed = response.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok());
+        if agreed != Some(enc.subprotocol()) {
+            return Err(ClientError::Subprotocol(enc.subprotocol()));
+        }
+        Ok(Client { ws, enc, session: ClientSession::new() })
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.enc
+    }
+
+    pub fn session(&self) -> &ClientSession {
+        &self.session
+    }
+
+    /// The world mirror, once joined.
+    pub fn mirror(&self) -> Option<&Mirror> {
+        self.session.mirror()
+    }
+
+    /// Send any client message.
+    pub async fn send(&mut self, msg: &ClientMsg) -> Result<(), ClientError> {
+        let bytes = encode(self.enc, msg)?;
+        self.send_raw(bytes).await
+    }
+
+    /// Send pre-encoded bytes in the frame type of this subprotocol.
+    pub async fn send_raw(&mut self, bytes: Vec<u8>) -> Result<(), ClientError> {
+        let msg = match self.enc {
+            Encoding::MsgPack => Message::Binary(bytes.into()),
+            Encoding::Json => {
+                Message::Text(String::from_utf8(bytes).map_err(|e| ClientError::Url(e.to_string()))?.into())
+            }
+        };
+        self.ws.send(msg).await?;
+        Ok(())
+    }
+
+    /// Join with a ticket and wait for the `welcome`.
+    pub async fn join(&mut self, ticket: &str, world: Option<&str>) -> Result<Welcome, ClientError> {
+        self.send(&ClientMsg::Join { ticket: ticket.to_owned(), world: world.map(str::to_owned) }).await?;
+        self.await_welcome().await
+    }
+
+    /// Resume a kept seat and wait for the `welcome`.
+    pub async fn resume(&mut self, token: &str) -> Result<Welcome, ClientError> {
+        self.send(&ClientMsg::Resume { token: token.to_owned() }).await?;
+        self.await_welcome().await
+    }
+
+    async fn await_welcome(&mut self) -> Result<Welcome, ClientError> {
+        loop {
+            let r = self.recv().await?;
+            match r.msg {
+                ServerMsg::Welcome(w) => return Ok(w),
+                ServerMsg::Error(e) => return Err(ClientError::Refused(e)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Send a command as the next numbered input; returns its `seq`.
+    pub async fn input(&mut self, command: Command) -> Result<u32, ClientError> {
+        let msg = self.session.input(command);
+        self.send(&msg).await?;
+        Ok(self.session.last_seq())
+    }
+
+    /// Receive the next message and apply it to the mirror. Sends `resync` when a gap is seen.
+    pub async fn recv(&mut self) -> Result<Received, ClientError> {
+        loop {
+            let Some(frame) = self.ws.next().await else {
+                return Err(ClientError::Closed { code: 1006, reason: "connection lost".into() });
+            };
+            let bytes = match frame? {
+                Message::Binary(b) if self.enc == Encoding::MsgPack => b,
+                Message::Text(t) if self.enc == Encoding::Json => t.into(),
+                Message::Binary(_) => return Err(ClientError::WrongFrame("binary")),
+                Message::Text(_) => return Err(ClientError::WrongFrame("text")),
+                Message::Close(frame) => {
+                    let (code, reason) =
+                        frame.map_or((1005, String::new()), |f| (u16::from(f.code), f.reason.to_string()));
+                    return Err(ClientError::Closed { code, reason });
+                }
+                Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+            };
+            let msg = decode_server(self.enc, &bytes)?;
+            let event = self.session.handle(&msg);
+            if matches!(event, SessionEvent::ResyncNeeded(_)) {
+                let resync = self.session.resync();
+                self.send(&resync).await?;
+            }
+            return Ok(Received { msg, event });
+        }
+    }
+
+    /// [`recv`](Self::recv) with a deadline.
+    pub async fn recv_timeout(&mut self, limit: Duration) -> Result<Received, ClientError> {
+        tokio::time::timeout(limit, self.recv()).await.map_err(|_| ClientError::Timeout(limit))?
+    }
+
+    /// Leave: close with 1000, which frees the seat at once.
+    pub async fn leave(mut self) -> Result<(), ClientError> {
+        let frame = CloseFrame { code: CloseCode::from(close::NORMAL), reason: "leave".into() };
+        self.ws.close(Some(frame)).await?;
+        // Read until the server's close answer ends the stream.
+        while let Some(Ok(_)) = self.ws.next().await {}
+        Ok(())
+    }
+
+    /// The underlying stream, for tests that need to send raw frames.
+    pub fn ws_mut(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.ws
+    }
+}

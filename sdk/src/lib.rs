@@ -1,0 +1,22 @@
+//! # arena-sdk
+//!
+//! Everything a program needs to speak Arena's wire protocol (`arena.v1`):
+//!
+//! - [`protocol`]: the messages, their limits, error and close codes;
+//! - [`codec`]: the MessagePack and JSON encodings, and the once-per-tick update encoder the
+//!   gameserver uses;
+//! - [`ticket`]: signed join tickets (minted by the allocator, checked by the gameserver);
+//! - [`mirror`]: a sans-IO client session that keeps a local copy of a world;
+//! - [`client`] (feature `client`): an async WebSocket client built on tokio-tungstenite.
+//!
+//! `docs/protocol.md` describes the same protocol for clients in other languages.
+
+pub mod codec;
+pub mod mirror;
+pub mod protocol;
+pub mod ticket;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use codec::Encoding;
