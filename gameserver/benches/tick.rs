@@ -6,12 +6,12 @@
 
 use std::hint::black_box;
 
-use arena_gameserver::rng::SplitMix64;
 use arena_gameserver::room::{QueuedInput, Room, RoomConfig};
 use arena_gameserver::world::{World, WorldConfig};
 use arena_sdk::Encoding;
 use arena_sdk::codec::encode_update;
 use arena_sdk::protocol::{Act, Command, Move};
+use arena_sdk::rng::SplitMix64;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 const WORLDS: usize = 334;
@@ -20,10 +20,10 @@ const BOTS: usize = 30;
 fn rooms() -> Vec<Room<()>> {
     (0..WORLDS)
         .map(|w| {
-            let mut room = Room::new(World::new(WorldConfig::default(), w as u64), RoomConfig {
-                grace_ticks: 200,
-                slow_client_ticks: 100,
-            });
+            let mut room = Room::new(
+                World::new(WorldConfig::default(), w as u64),
+                RoomConfig { grace_ticks: 200, slow_client_ticks: 100 },
+            );
             for b in 0..BOTS {
                 room.join(&format!("bot-{w}-{b}"), format!("t{b}"), b as u64, ()).unwrap();
             }
@@ -41,7 +41,9 @@ fn inputs(rng: &mut SplitMix64, tick: u64, seq: &mut u32) -> Vec<QueuedInput> {
             let command = match rng.next_u64() % 4 {
                 0 | 1 => Command::Move(Move::To([rng.next_f32() * 1000.0, rng.next_f32() * 1000.0])),
                 2 => Command::Say("heading to the fountain, anyone coming?".into()),
-                _ => Command::Act(Act { action: "wave".into(), target: Some((rng.next_u64() % BOTS as u64) as u32 + 1) }),
+                _ => {
+                    Command::Act(Act { action: "wave".into(), target: Some((rng.next_u64() % BOTS as u64) as u32 + 1) })
+                }
             };
             QueuedInput { bot, seq: *seq, command }
         })

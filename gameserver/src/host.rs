@@ -20,12 +20,12 @@ use tokio::sync::watch;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::rng::seed_of;
 use crate::room::{LagAction, QueuedInput, Room, RoomConfig};
 use crate::world::{World, WorldConfig};
 use crate::ws::conn::{Conn, Delivery};
 use crate::ws::frame;
 use crate::ws::handshake::Admission;
+use arena_sdk::rng::seed_of;
 
 /// Lifecycle of a gameserver, as `/readyz` and the registry see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,8 +131,11 @@ impl RoomCell {
 pub struct TickScratch {
     inputs: Vec<QueuedInput>,
     msg_head: Vec<u8>,
-    heads: [Vec<u8>; 2],
-    tails: [Vec<u8>; 2],
+    msg_tail: Vec<u8>,
+    /// This tick's update frame per encoding, whole; only the `ack_seq` bytes at
+    /// `ack_at[e]` change from one client to the next.
+    frames: [Vec<u8>; 2],
+    ack_at: [usize; 2],
     marks: Vec<(usize, SeatMark)>,
     dropped: Vec<(BotId, u64)>,
 }
@@ -435,12 +438,15 @@ impl Host {
                         encode_frame(enc, room, scratch);
                         encoded[e] = true;
                     }
+                    // Patch this client's ack into the shared frame: one contiguous write, no copy.
                     let ack = ack_bytes(enc, seat.ack_seq, &mut ack);
-                    match conn.send(&[&scratch.heads[e], ack, &scratch.tails[e]]) {
+                    let at = scratch.ack_at[e];
+                    scratch.frames[e][at..at + ack.len()].copy_from_slice(ack);
+                    match conn.send(&[&scratch.frames[e]]) {
                         Delivery::Sent | Delivery::Queued => {
                             stats.delivered += 1;
                             stats.frames += 1;
-                            stats.bytes += (scratch.heads[e].len() + ack.len() + scratch.tails[e].len()) as u64;
+                            stats.bytes += scratch.frames[e].len() as u64;
                         }
                         Delivery::Full => scratch.marks.push((i, SeatMark::Lagging)),
                         Delivery::Closed => {}
@@ -514,12 +520,12 @@ impl Host {
     }
 }
 
-/// Encode this tick's update of `room` in `enc` into the shard's shared frame buffers.
+/// Encode this tick's update of `room` in `enc` into the shard's frame buffer for `enc`.
 fn encode_frame(enc: Encoding, room: &Room<Arc<Conn>>, scratch: &mut TickScratch) {
     let e = enc.index();
     let changes = room.changes();
     scratch.msg_head.clear();
-    scratch.tails[e].clear();
+    scratch.msg_tail.clear();
     let result = encode_update(
         enc,
         room.tick(),
@@ -527,16 +533,20 @@ fn encode_frame(enc: Encoding, room: &Room<Arc<Conn>>, scratch: &mut TickScratch
         &changes.removed,
         &changes.events,
         &mut scratch.msg_head,
-        &mut scratch.tails[e],
+        &mut scratch.msg_tail,
     );
     if let Err(error) = result {
         tracing::error!(%error, "could not encode an update");
     }
-    let len = scratch.msg_head.len() + arena_sdk::codec::ack_len(enc) + scratch.tails[e].len();
-    let head = &mut scratch.heads[e];
-    head.clear();
-    frame::write_header(frame::data_opcode(enc), len, head);
-    head.extend_from_slice(&scratch.msg_head);
+    let ack = arena_sdk::codec::ack_len(enc);
+    let len = scratch.msg_head.len() + ack + scratch.msg_tail.len();
+    let frame = &mut scratch.frames[e];
+    frame.clear();
+    frame::write_header(frame::data_opcode(enc), len, frame);
+    frame.extend_from_slice(&scratch.msg_head);
+    scratch.ack_at[e] = frame.len();
+    frame.resize(frame.len() + ack, 0);
+    frame.extend_from_slice(&scratch.msg_tail);
 }
 
 /// Seconds since the Unix epoch.

@@ -15,7 +15,6 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod ratelimit;
-pub mod rng;
 pub mod room;
 pub mod server;
 pub mod session;

@@ -6,7 +6,7 @@
 
 use arena_sdk::protocol::{Act, BotDelta, BotId, BotState, Command, Event, Move, Tick, WorldSnapshot};
 
-use crate::rng::SplitMix64;
+use arena_sdk::rng::SplitMix64;
 
 /// Rules and dimensions of a world.
 #[derive(Debug, Clone, PartialEq)]

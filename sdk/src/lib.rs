@@ -7,6 +7,7 @@
 //!   gameserver uses;
 //! - [`ticket`]: signed join tickets (minted by the allocator, checked by the gameserver);
 //! - [`mirror`]: a sans-IO client session that keeps a local copy of a world;
+//! - [`rng`]: the seeded generator behind the worlds' randomness and clients' jitter;
 //! - [`client`] (feature `client`): an async WebSocket client built on tokio-tungstenite.
 //!
 //! `docs/protocol.md` describes the same protocol for clients in other languages.
@@ -14,6 +15,7 @@
 pub mod codec;
 pub mod mirror;
 pub mod protocol;
+pub mod rng;
 pub mod ticket;
 
 #[cfg(feature = "client")]

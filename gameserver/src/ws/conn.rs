@@ -117,9 +117,14 @@ impl Conn {
             self.metrics.outbound_queued_bytes.inc_by(total as i64);
             return Delivery::Queued;
         }
-        let slices: [IoSlice<'_>; 4] = std::array::from_fn(|i| IoSlice::new(parts.get(i).copied().unwrap_or(&[])));
-        debug_assert!(parts.len() <= 4);
-        let written = match self.stream.try_write_vectored(&slices[..parts.len().min(4)]) {
+        let attempt = if let [one] = parts {
+            self.stream.try_write(one)
+        } else {
+            let slices: [IoSlice<'_>; 4] = std::array::from_fn(|i| IoSlice::new(parts.get(i).copied().unwrap_or(&[])));
+            debug_assert!(parts.len() <= 4);
+            self.stream.try_write_vectored(&slices[..parts.len().min(4)])
+        };
+        let written = match attempt {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => {

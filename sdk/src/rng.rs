@@ -1,7 +1,8 @@
-//! A small seeded random number generator (SplitMix64) for the simulation.
+//! A small seeded random number generator (SplitMix64).
 //!
-//! The world needs reproducible randomness, stable across crate versions and platforms, so it
-//! carries its own ten-line generator instead of depending on a crate whose stream may change.
+//! The gameserver's worlds need reproducible randomness, stable across crate versions and
+//! platforms, so the project carries its own ten-line generator instead of depending on a crate
+//! whose stream may change. Clients use it for jitter and input mixes.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): fast, 64 bits of state, passes BigCrush.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,16 @@ impl SplitMix64 {
     /// Uniform in `[0, 1)`, with 24 bits of precision.
     pub fn next_f32(&mut self) -> f32 {
         (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// Uniform in `[0, 1)`, with 53 bits of precision.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform in `0..n` (`n > 0`; the modulo bias is negligible for small `n`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
     }
 }
 

@@ -1,0 +1,369 @@
+//! `arena-loadtest`: a swarm of bots against Arena gameservers, with a report and SLO checks.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Context;
+use arena_loadtest::bot::{Behaviour, Swarm};
+use arena_loadtest::local::{LocalProcess, sibling_binary, start_gameserver};
+use arena_loadtest::procstat::{ProcSample, sample};
+use arena_loadtest::report::{Point, ProcReport, Report};
+use arena_loadtest::stats::{Percentiles, Stats};
+use arena_loadtest::target::{Direct, Target, parse_ws_url};
+use arena_sdk::Encoding;
+use arena_sdk::ticket::TicketKey;
+use clap::{Parser, ValueEnum};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+#[derive(Parser, Debug)]
+#[command(name = "arena-loadtest", version, about = "Drive a swarm of bots against Arena and report what they saw")]
+struct Cli {
+    /// Start the servers as child processes on loopback (the binaries beside this one).
+    #[arg(long)]
+    local: bool,
+    /// Gameserver WebSocket URL(s) to target directly (tickets minted with ARENA_TICKET_KEY, or
+    /// the development key). World w goes to the (w mod n)-th URL.
+    #[arg(long = "gameserver", required_unless_present = "local")]
+    gameservers: Vec<String>,
+    /// Server ids matching --gameserver, to bind tickets to them.
+    #[arg(long = "server-id")]
+    server_ids: Vec<String>,
+    /// PIDs of server processes to report CPU and memory for (with --gameserver).
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// Number of bots.
+    #[arg(long, default_value_t = 10_000)]
+    bots: usize,
+    /// Bots started per second.
+    #[arg(long, default_value_t = 1000.0)]
+    ramp_per_sec: f64,
+    /// Seconds to hold the full swarm after the ramp.
+    #[arg(long, default_value_t = 60.0)]
+    duration_secs: f64,
+    /// Inputs per bot per second (open loop).
+    #[arg(long, default_value_t = 2.0)]
+    inputs_per_sec: f64,
+    /// Bots per world.
+    #[arg(long, default_value_t = 30)]
+    bots_per_world: usize,
+    #[arg(long, value_enum, default_value_t = Enc::Msgpack)]
+    encoding: Enc,
+    /// Gameserver processes to start with --local.
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
+    /// Path of arena-gameserver for --local.
+    #[arg(long)]
+    gameserver_bin: Option<PathBuf>,
+    /// Write the report as JSON here (and an SVG chart beside it unless --report-svg is given).
+    #[arg(long)]
+    report_json: Option<PathBuf>,
+    /// Write the SVG chart here.
+    #[arg(long)]
+    report_svg: Option<PathBuf>,
+    /// Fail if p99 input → acknowledged update exceeds this many ms.
+    #[arg(long)]
+    max_p99_ms: Option<f64>,
+    /// Fail if p99 join time exceeds this many ms.
+    #[arg(long)]
+    max_join_p99_ms: Option<f64>,
+    /// Fail if more errors than this were seen.
+    #[arg(long)]
+    max_errors: Option<u64>,
+    /// Fail if fewer bots than this joined (default: all).
+    #[arg(long)]
+    min_joined: Option<u64>,
+    /// Worker threads of the swarm (default: one per core).
+    #[arg(long)]
+    worker_threads: Option<usize>,
+    /// No live progress line.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Enc {
+    Msgpack,
+    Json,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = cli.worker_threads {
+        rt.worker_threads(n.max(1));
+    }
+    let code = rt.build()?.block_on(run(cli))?;
+    std::process::exit(code);
+}
+
+/// A process under watch, with the readings that frame the hold phase.
+struct Watched {
+    name: String,
+    pid: u32,
+    baseline: Option<ProcSample>,
+    hold_start: Option<ProcSample>,
+    hold_end: Option<ProcSample>,
+    last: Option<ProcSample>,
+    peak_rss: u64,
+}
+
+impl Watched {
+    fn new(name: String, pid: u32) -> Self {
+        let s = sample(pid);
+        Watched { name, pid, baseline: s, hold_start: None, hold_end: None, last: s, peak_rss: 0 }
+    }
+
+    fn poll(&mut self) -> Option<ProcSample> {
+        let s = sample(self.pid)?;
+        self.peak_rss = self.peak_rss.max(s.rss_bytes);
+        self.last = Some(s);
+        Some(s)
+    }
+
+    fn report(&self, bots: i64, hold: Duration) -> ProcReport {
+        let cpu = |s: Option<ProcSample>| s.map_or(0.0, |s| s.cpu.as_secs_f64());
+        let hold_cpu = cpu(self.hold_end) - cpu(self.hold_start);
+        let loaded = self.hold_end.map_or(0, |s| s.rss_bytes);
+        let baseline = self.baseline.map_or(0, |s| s.rss_bytes);
+        let per = |b: u64| if bots > 0 { b as f64 / bots as f64 } else { 0.0 };
+        ProcReport {
+            name: self.name.clone(),
+            pid: self.pid,
+            hold_cpu_seconds: hold_cpu,
+            hold_cores: hold_cpu / hold.as_secs_f64().max(1e-9),
+            cpu_seconds: cpu(self.last) - cpu(self.baseline),
+            peak_rss_bytes: self.peak_rss.max(self.last.map_or(0, |s| s.peak_rss_bytes)),
+            baseline_rss_bytes: baseline,
+            loaded_rss_bytes: loaded,
+            rss_per_bot_bytes: per(loaded),
+            added_rss_per_bot_bytes: per(loaded.saturating_sub(baseline)),
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let encoding = match cli.encoding {
+        Enc::Msgpack => Encoding::MsgPack,
+        Enc::Json => Encoding::Json,
+    };
+    let key = match std::env::var("ARENA_TICKET_KEY") {
+        Ok(spec) => TicketKey::parse(&spec).context("ARENA_TICKET_KEY")?,
+        Err(_) => TicketKey::development(),
+    };
+    let log_dir = std::env::temp_dir().join(format!("arena-loadtest-{}", std::process::id()));
+    std::fs::create_dir_all(&log_dir)?;
+
+    let mut local: Vec<LocalProcess> = Vec::new();
+    let mut servers = Vec::new();
+    let mut watched = Vec::new();
+    if cli.local {
+        let bin = sibling_binary(cli.gameserver_bin.as_deref(), "arena-gameserver")?;
+        let worlds = cli.bots.div_ceil(cli.bots_per_world.max(1));
+        let per_server = worlds.div_ceil(cli.servers.max(1)).max(1);
+        for i in 0..cli.servers.max(1) {
+            let p = start_gameserver(&bin, i, per_server, &log_dir).await?;
+            servers.push((p.ws, "/ws".to_owned(), Some(p.name.clone())));
+            watched.push(Watched::new(p.name.clone(), p.pid));
+            local.push(p);
+        }
+        eprintln!("started {} gameserver(s); logs in {}", local.len(), log_dir.display());
+    } else {
+        for (i, url) in cli.gameservers.iter().enumerate() {
+            let (addr, path) = parse_ws_url(url).map_err(anyhow::Error::msg)?;
+            servers.push((addr, path, cli.server_ids.get(i).cloned()));
+        }
+        for (i, pid) in cli.server_pids.iter().enumerate() {
+            watched.push(Watched::new(format!("server-{i}"), *pid));
+        }
+    }
+    let mut me = Watched::new("loadtester".into(), std::process::id());
+
+    let stats = Arc::new(Stats::default());
+    let swarm = Arc::new(Swarm {
+        target: Target::Direct(Direct { servers, key, bots_per_world: cli.bots_per_world }),
+        behaviour: Behaviour {
+            encoding,
+            inputs_per_sec: cli.inputs_per_sec,
+            move_share: 0.5,
+            say_share: 0.3,
+            bots_per_world: cli.bots_per_world,
+            connect_timeout: Duration::from_secs(10),
+            join_attempts: 5,
+        },
+        stats: Arc::clone(&stats),
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let t0 = Instant::now() + Duration::from_millis(100);
+    let ramp = Duration::from_secs_f64(cli.bots as f64 / cli.ramp_per_sec.max(0.001));
+    let mut bots = tokio::task::JoinSet::new();
+    for i in 0..cli.bots {
+        let start = t0 + Duration::from_secs_f64(i as f64 / cli.ramp_per_sec.max(0.001));
+        bots.spawn(Arc::clone(&swarm).run_bot(i, start, stop_rx.clone()));
+    }
+
+    let hold = Duration::from_secs_f64(cli.duration_secs.max(0.0));
+    let tty = std::io::stderr().is_terminal() && !cli.quiet;
+    let mut timeline = Vec::new();
+    let mut hold_start: Option<Instant> = None;
+    let mut ticker = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
+    let mut prev_updates = 0u64;
+    let mut prev_cpu: Vec<Option<ProcSample>> = watched.iter().map(|w| w.last).collect();
+    let mut prev_me = me.last;
+    let max_settle = Duration::from_secs(10);
+    loop {
+        ticker.tick().await;
+        let now = Instant::now();
+        let window = stats.take_window();
+        let updates = stats.updates.load(Ordering::Relaxed);
+        let joined = stats.joined.load(Ordering::Relaxed);
+        let mut server_cores = 0.0;
+        for (w, prev) in watched.iter_mut().zip(prev_cpu.iter_mut()) {
+            if let Some(s) = w.poll() {
+                if let Some(p) = prev {
+                    server_cores += (s.cpu - p.cpu).as_secs_f64();
+                }
+                *prev = Some(s);
+            }
+        }
+        let me_now = me.poll();
+        let loadtest_cores = match (me_now, prev_me) {
+            (Some(a), Some(b)) => (a.cpu - b.cpu).as_secs_f64(),
+            _ => 0.0,
+        };
+        prev_me = me_now;
+        let w = Percentiles::of(&window.window_input_ack);
+        let point = Point {
+            t_s: (now - t0).as_secs_f64(),
+            joined,
+            updates_per_s: (updates - prev_updates) as f64,
+            input_ack_p50_ms: w.p50,
+            input_ack_p99_ms: w.p99,
+            errors: stats.error_count(),
+            server_cores,
+            loadtest_cores,
+        };
+        prev_updates = updates;
+        if !cli.quiet {
+            let join = Percentiles::of(&window.join_total);
+            let line = format!(
+                "[{:>6.1}s] joined {:>6}/{} | input→ack p50 {:>6.1} p99 {:>6.1} ms | join p99 {:>6.1} ms | {:>7.0} upd/s | errors {} | server {:.2} cores, loadtest {:.2} cores",
+                point.t_s,
+                joined,
+                cli.bots,
+                w.p50,
+                w.p99,
+                join.p99,
+                point.updates_per_s,
+                point.errors,
+                server_cores,
+                loadtest_cores
+            );
+            if tty {
+                eprint!("\r{line}\x1b[K");
+            } else if timeline.len() % 5 == 0 {
+                eprintln!("{line}");
+            }
+        }
+        timeline.push(point);
+
+        let ramp_done = now >= t0 + ramp;
+        let all_in = joined as usize >= cli.bots || bots.is_empty();
+        if hold_start.is_none() && ramp_done && (all_in || now >= t0 + ramp + max_settle) {
+            hold_start = Some(now);
+            for w in &mut watched {
+                w.hold_start = w.poll();
+            }
+            me.hold_start = me.poll();
+        }
+        if let Some(h) = hold_start
+            && now >= h + hold
+        {
+            break;
+        }
+    }
+    if tty {
+        eprintln!();
+    }
+    let hold_started = hold_start.unwrap_or(t0);
+    let held = Instant::now() - hold_started;
+    for w in &mut watched {
+        w.hold_end = w.poll();
+    }
+    me.hold_end = me.poll();
+    let joined_at_end = stats.joined.load(Ordering::Relaxed);
+
+    stop_tx.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(15), async { while bots.join_next().await.is_some() {} }).await;
+    let run_time = Instant::now() - t0;
+    for p in local {
+        p.stop(Duration::from_secs(15)).await;
+    }
+
+    let h = stats.hists();
+    let secs = run_time.as_secs_f64().max(1e-9);
+    let mut report = Report {
+        bots: cli.bots,
+        joined: stats.ever_joined.load(Ordering::Relaxed),
+        joined_at_end,
+        encoding: encoding.subprotocol().to_owned(),
+        inputs_per_bot_per_s: cli.inputs_per_sec,
+        ramp_per_s: cli.ramp_per_sec,
+        ramp_s: ramp.as_secs_f64(),
+        hold_s: held.as_secs_f64(),
+        duration_s: secs,
+        errors: stats.error_count(),
+        errors_by_kind: stats.errors(),
+        disconnects: stats.disconnects.load(Ordering::Relaxed),
+        reconnects: stats.reconnects.load(Ordering::Relaxed),
+        tick_gaps: stats.gaps.load(Ordering::Relaxed),
+        unacked_inputs: stats.unacked.load(Ordering::Relaxed),
+        join_ms: Percentiles::of(&h.join_total),
+        join_alloc_ms: Percentiles::of(&h.join_alloc),
+        join_connect_ms: Percentiles::of(&h.join_connect),
+        join_welcome_ms: Percentiles::of(&h.join_welcome),
+        input_ack_ms: Percentiles::of(&h.input_ack),
+        update_interarrival_ms: Percentiles::of(&h.interarrival),
+        updates_per_s: stats.updates.load(Ordering::Relaxed) as f64 / secs,
+        inputs_per_s: stats.inputs.load(Ordering::Relaxed) as f64 / secs,
+        bytes_in_per_s: stats.bytes_in.load(Ordering::Relaxed) as f64 / secs,
+        bytes_out_per_s: stats.bytes_out.load(Ordering::Relaxed) as f64 / secs,
+        servers: watched.iter().map(|w| w.report(joined_at_end, held)).collect(),
+        loadtester: Some(me.report(joined_at_end, held)),
+        slo_failures: Vec::new(),
+        timeline,
+    };
+    let min_joined = cli.min_joined.unwrap_or(cli.bots as u64);
+    if report.joined < min_joined {
+        report.slo_failures.push(format!("{} bots joined, fewer than {min_joined}", report.joined));
+    }
+    if let Some(max) = cli.max_p99_ms
+        && report.input_ack_ms.p99 > max
+    {
+        report.slo_failures.push(format!("p99 input→ack {:.1} ms > {max} ms", report.input_ack_ms.p99));
+    }
+    if let Some(max) = cli.max_join_p99_ms
+        && report.join_ms.p99 > max
+    {
+        report.slo_failures.push(format!("p99 join {:.1} ms > {max} ms", report.join_ms.p99));
+    }
+    if let Some(max) = cli.max_errors
+        && report.errors > max
+    {
+        report.slo_failures.push(format!("{} errors > {max}", report.errors));
+    }
+    print!("{}", report.table());
+    if let Some(path) = &cli.report_json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| path.display().to_string())?;
+    }
+    let svg_path = cli.report_svg.clone().or_else(|| cli.report_json.as_ref().map(|p| p.with_extension("svg")));
+    if let Some(path) = svg_path {
+        std::fs::write(&path, report.svg()).with_context(|| path.display().to_string())?;
+    }
+    Ok(if report.slo_failures.is_empty() { 0 } else { 1 })
+}

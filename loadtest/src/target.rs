@@ -1,0 +1,101 @@
+//! Where a bot plays: a ticket and a gameserver address for each bot.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arena_sdk::ticket::{TicketKey, mint};
+
+/// A gameserver endpoint and a ticket for it.
+#[derive(Debug, Clone)]
+pub struct Assignment {
+    pub addr: SocketAddr,
+    pub path: String,
+    pub world: String,
+    pub ticket: String,
+    /// Time spent getting the ticket.
+    pub took: Duration,
+}
+
+/// Gameservers addressed directly, with tickets minted here (the swarm holds the ticket key).
+#[derive(Debug, Clone)]
+pub struct Direct {
+    /// Servers and their ids; world `w` lives on server `w % servers.len()`.
+    pub servers: Vec<(SocketAddr, String, Option<String>)>,
+    pub key: TicketKey,
+    pub bots_per_world: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum Target {
+    Direct(Direct),
+}
+
+/// The world and bot names of bot `idx` in a swarm of worlds of `per_world` bots.
+pub fn names(idx: usize, per_world: usize) -> (usize, String, String) {
+    let world = idx / per_world.max(1);
+    (world, format!("lt-{world:04}"), format!("lt-bot-{idx:05}"))
+}
+
+impl Target {
+    /// Get a place for bot `idx`.
+    pub async fn assign(&self, idx: usize) -> Result<Assignment, String> {
+        match self {
+            Target::Direct(d) => {
+                let started = Instant::now();
+                let (w, world, bot) = names(idx, d.bots_per_world);
+                let (addr, path, server) = &d.servers[w % d.servers.len()];
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
+                let (ticket, _) =
+                    mint(&d.key, &world, &bot, server.as_deref(), 300, now).map_err(|e| format!("mint: {e}"))?;
+                Ok(Assignment { addr: *addr, path: path.clone(), world, ticket, took: started.elapsed() })
+            }
+        }
+    }
+}
+
+/// Split `ws://host:port/path` into a socket address and a path (loopback or IP hosts).
+pub fn parse_ws_url(url: &str) -> Result<(SocketAddr, String), String> {
+    let rest = url.strip_prefix("ws://").ok_or_else(|| format!("{url}: only ws:// URLs are supported"))?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_owned()),
+        None => (rest, "/ws".to_owned()),
+    };
+    let addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("{url}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{url}: no address"))?;
+    Ok((addr, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_names() {
+        assert_eq!(parse_ws_url("ws://127.0.0.1:7000/ws").unwrap(), ("127.0.0.1:7000".parse().unwrap(), "/ws".into()));
+        assert_eq!(parse_ws_url("ws://127.0.0.1:7000").unwrap().1, "/ws");
+        assert!(parse_ws_url("http://x").is_err());
+        assert_eq!(names(31, 30), (1, "lt-0001".into(), "lt-bot-00031".into()));
+    }
+
+    #[tokio::test]
+    async fn direct_mints_verifiable_tickets() {
+        let key = TicketKey::development();
+        let t = Target::Direct(Direct {
+            servers: vec![
+                ("127.0.0.1:1".parse().unwrap(), "/ws".into(), Some("a".into())),
+                ("127.0.0.1:2".parse().unwrap(), "/ws".into(), Some("b".into())),
+            ],
+            key: key.clone(),
+            bots_per_world: 30,
+        });
+        let a = t.assign(45).await.unwrap();
+        assert_eq!(a.world, "lt-0001");
+        assert_eq!(a.addr.port(), 2, "world 1 lives on the second server");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let claims = arena_sdk::ticket::TicketVerifier::new(vec![key]).verify(&a.ticket, now).unwrap();
+        assert_eq!((claims.bot.as_str(), claims.server.as_deref()), ("lt-bot-00045", Some("b")));
+    }
+}
