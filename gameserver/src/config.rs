@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use arena_sdk::ticket::TicketKey;
 
+use crate::heartbeat::AllocatorLink;
 use crate::session::SessionLimits;
 use crate::world::WorldConfig;
 
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     /// Used tickets remembered (until they expire) to refuse reuse.
     pub max_used_tickets: usize,
     pub listen_backlog: u32,
+    /// The allocator to report to; none in standalone use.
+    pub allocator: Option<AllocatorLink>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             ticket_keys: vec![TicketKey::development()],
             max_used_tickets: 500_000,
             listen_backlog: 4096,
+            allocator: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arena_sdk::Encoding;
 use arena_sdk::codec::{ack_bytes, encode_update};
+use arena_sdk::allocator_api::{HeartbeatReply, WorldReport};
 use arena_sdk::protocol::{BotId, Command, ErrorCode, ErrorMsg, ServerMsg, close};
 use arena_sdk::ticket::{TicketClaims, TicketError, TicketVerifier, new_nonce};
 use parking_lot::Mutex;
@@ -73,7 +74,14 @@ struct RoomState {
     room: Room<Arc<Conn>>,
     /// Unloaded: joins that still hold this cell must look again.
     closed: bool,
+    /// The world's placement generation (fencing token), from tickets and the registry; 0 unknown.
+    fence: u64,
+    /// Ticket nonces (allocator reservations) used to join since the last report.
+    joined: Vec<String>,
 }
+
+/// Most joins remembered between two reports; beyond, reservations simply expire.
+const MAX_JOINED_UNREPORTED: usize = arena_sdk::allocator_api::MAX_JOINED_PER_REPORT;
 
 /// One world: its input queue and its room.
 pub struct RoomCell {
@@ -318,6 +326,12 @@ impl Host {
             if let Some(old) = seated.replaced {
                 old.close(close::REPLACED, "the seat was taken by a newer connection");
             }
+            if let Some(fence) = claims.fence {
+                st.fence = st.fence.max(fence);
+            }
+            if st.joined.len() < MAX_JOINED_UNREPORTED {
+                st.joined.push(claims.nonce.clone());
+            }
             return Ok(self.welcome(&cell, &st, seated.bot, conn));
         }
         Err(err(ErrorCode::ServerFull, "world is being unloaded; retry"))
@@ -371,7 +385,7 @@ impl Host {
             world_id: Arc::from(world),
             inbox: Mutex::new(Vec::new()),
             inbox_cap: self.cfg.input_queue,
-            state: Mutex::new(RoomState { room, closed: false }),
+            state: Mutex::new(RoomState { room, closed: false, fence: 0, joined: Vec::new() }),
         });
         rooms.insert(Arc::clone(&cell.world_id), Arc::clone(&cell));
         self.metrics.live_worlds.set(rooms.len() as i64);
@@ -386,12 +400,15 @@ impl Host {
         let started = Instant::now();
         let cells: Vec<Arc<RoomCell>> = self.shards[idx].lock().clone();
         let mut stats = TickStats::default();
-        let mut unloaded = false;
+        let mut unloaded: Vec<&Arc<RoomCell>> = Vec::new();
         for cell in &cells {
-            unloaded |= self.tick_room(cell, scratch, &mut stats);
+            if self.tick_room(cell, scratch, &mut stats) {
+                unloaded.push(cell);
+            }
         }
-        if unloaded {
-            self.shards[idx].lock().retain(|c| !c.state.lock().closed);
+        if !unloaded.is_empty() {
+            // No room lock is taken under the shard lock (joins lock map, then shard).
+            self.shards[idx].lock().retain(|c| !unloaded.iter().any(|u| Arc::ptr_eq(u, c)));
         }
         let m = &self.metrics;
         m.bytes_sent.inc_by(stats.bytes);
@@ -506,6 +523,63 @@ impl Host {
         }
         self.metrics.seats.set(seats as i64);
         self.metrics.connected_bots.set(connected as i64);
+    }
+
+    /// What the registry should know of each live world; takes the joins since the last call.
+    pub fn world_reports(&self) -> Vec<WorldReport> {
+        let cells: Vec<Arc<RoomCell>> = self.rooms.lock().values().cloned().collect();
+        cells
+            .iter()
+            .filter_map(|cell| {
+                let mut st = cell.state.lock();
+                (!st.closed).then(|| WorldReport {
+                    world_id: cell.world_id.to_string(),
+                    fence: st.fence,
+                    occupancy: st.room.seats().len() as u32,
+                    joined: std::mem::take(&mut st.joined),
+                })
+            })
+            .collect()
+    }
+
+    /// Apply the registry's answer: learn fences, let go of worlds placed elsewhere.
+    pub fn apply_heartbeat_reply(&self, reply: &HeartbeatReply) {
+        for (world, fence) in &reply.fences {
+            // Lock order is room state before the map: never hold the map while taking a room.
+            let cell = self.rooms.lock().get(world.as_str()).cloned();
+            if let Some(cell) = cell {
+                let mut st = cell.state.lock();
+                st.fence = st.fence.max(*fence);
+            }
+        }
+        for world in &reply.evict {
+            self.evict(world, "the world moved to another server");
+        }
+    }
+
+    /// Unload `world` now: every client is closed with 4006 and its seats are dropped.
+    pub fn evict(&self, world: &str, reason: &str) {
+        let Some(cell) = self.rooms.lock().get(world).cloned() else { return };
+        let mut st = cell.state.lock();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        for conn in st.room.evict_all() {
+            conn.close(close::WORLD_MOVED, reason);
+        }
+        let mut rooms = self.rooms.lock();
+        if rooms.get(world).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            rooms.remove(world);
+        }
+        self.metrics.live_worlds.set(rooms.len() as i64);
+        tracing::warn!(world, reason, "world evicted");
+    }
+
+    /// The fence this server holds for `world` (0: unknown or not loaded).
+    pub fn fence_of(&self, world: &str) -> u64 {
+        let cell = self.rooms.lock().get(world).cloned();
+        cell.map_or(0, |c| c.state.lock().fence)
     }
 
     /// Begin draining: refuse new sessions and tell every connection to close with "going away".

@@ -8,13 +8,14 @@
 //! - [`session`]: one connection's protocol state (limits, sequence numbers, violations);
 //! - [`host`]: all worlds of the process, the fixed tick, joins and resumes;
 //! - [`ws`]: the WebSocket transport; [`http`]: health, readiness and metrics;
+//! - [`heartbeat`]: reporting to the allocator;
 //! - [`server`]: wiring and the graceful drain.
 
 pub mod config;
+pub mod heartbeat;
 pub mod host;
 pub mod http;
 pub mod metrics;
-pub mod ratelimit;
 pub mod room;
 pub mod server;
 pub mod session;

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use arena_gameserver::heartbeat::AllocatorLink;
 use arena_gameserver::world::WorldConfig;
 use arena_gameserver::{Server, ServerConfig};
-use arena_sdk::ticket::{TicketKey, mint};
+use arena_sdk::ticket::{Grant, TicketKey, mint};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -63,6 +64,16 @@ struct ServeArgs {
     /// Most simultaneous connections.
     #[arg(long, env = "ARENA_MAX_CONNECTIONS", default_value_t = 16_000)]
     max_connections: usize,
+    /// Allocator to report to every second (e.g. http://127.0.0.1:7100); standalone without it.
+    /// Heartbeats authenticate with ARENA_SERVER_KEY (default: the development key).
+    #[arg(long, env = "ARENA_ALLOCATOR_URL")]
+    allocator_url: Option<String>,
+    /// This server's region, as reported to the allocator.
+    #[arg(long, env = "ARENA_REGION", default_value = "local")]
+    region: String,
+    /// WebSocket URL bots should be sent to (default: ws://<ws-addr>/ws).
+    #[arg(long, env = "ARENA_PUBLIC_WS_URL")]
+    public_ws_url: Option<String>,
     /// Worker threads (default: one per core).
     #[arg(long, env = "ARENA_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -123,7 +134,7 @@ fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             let key = ticket_keys()?.remove(0);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            let (ticket, _) = mint(&key, &args.world, &args.bot, args.server.as_deref(), args.ttl_secs, now)
+            let (ticket, _) = mint(&key, &Grant { server: args.server.as_deref(), ..Grant::new(&args.world, &args.bot) }, args.ttl_secs, now)
                 .map_err(|e| anyhow::anyhow!("cannot mint: {e} (ids are 1-64 of A-Z a-z 0-9 _ . : -; ttl 1-3600)"))?;
             println!("{ticket}");
             Ok(())
@@ -154,8 +165,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs_f64(args.drain_timeout_secs.max(0.0)),
         max_connections: args.max_connections,
         ticket_keys: ticket_keys()?,
+        allocator: match args.allocator_url {
+            Some(url) => Some(AllocatorLink {
+                url,
+                region: args.region.clone(),
+                public_ws_url: args.public_ws_url,
+                server_key: std::env::var("ARENA_SERVER_KEY").unwrap_or_else(|_| {
+                    tracing::warn!("ARENA_SERVER_KEY is not set: reporting with the development key");
+                    "arena-dev-key".to_owned()
+                }),
+                every: Duration::from_secs(1),
+            }),
+            None => None,
+        },
         ..ServerConfig::default()
     };
+    if !arena_sdk::protocol::valid_id(&args.region) {
+        bail!("--region must be 1-64 characters of A-Z a-z 0-9 _ . : -");
+    }
     if !arena_sdk::protocol::valid_id(&cfg.server_id) {
         bail!("--server-id must be 1-64 characters of A-Z a-z 0-9 _ . : -");
     }

@@ -74,6 +74,14 @@ impl Server {
                 }
             }));
         }
+        if let Some(link) = cfg.allocator.clone() {
+            let ws_url = link.public_ws_url.clone().unwrap_or_else(|| {
+                let addr = ws.local_addr().unwrap_or(cfg.ws_addr);
+                format!("ws://{addr}/ws")
+            });
+            tracing::info!(allocator = %link.url, region = %link.region, %ws_url, "reporting to the allocator");
+            tasks.push(tokio::spawn(crate::heartbeat::run(Arc::clone(&host), link, ws_url, stop_rx.clone())));
+        }
         let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
         let accept = tokio::spawn(listener::accept_loop(ws, Arc::clone(&host), accept_stop_rx));
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arena_sdk::codec::{DecodeError, Encoding, decode_client};
 use arena_sdk::protocol::{ClientMsg, Command, ErrorCode, ErrorMsg, close};
 
-use crate::ratelimit::TokenBucket;
+use arena_sdk::limit::TokenBucket;
 
 /// Per-connection limits.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,7 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arena_sdk::ticket::{TicketKey, mint};
+use arena_sdk::ticket::{Grant, TicketKey, mint};
 
 /// A gameserver endpoint and a ticket for it.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ impl Target {
                 let (addr, path, server) = &d.servers[w % d.servers.len()];
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
                 let (ticket, _) =
-                    mint(&d.key, &world, &bot, server.as_deref(), 300, now).map_err(|e| format!("mint: {e}"))?;
+                    mint(&d.key, &Grant { server: server.as_deref(), ..Grant::new(&world, &bot) }, 300, now).map_err(|e| format!("mint: {e}"))?;
                 Ok(Assignment { addr: *addr, path: path.clone(), world, ticket, took: started.elapsed() })
             }
         }

@@ -448,6 +448,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 4004;
     /// Another connection resumed this seat.
     pub const REPLACED: u16 = 4005;
+    /// The world moved to another server (it was placed elsewhere): ask the allocator again.
+    pub const WORLD_MOVED: u16 = 4006;
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //! gameserver before it seats a bot.
 //!
 //! Format: `v1.<key id>.<payload>.<signature>`, where `payload` is base64url (no padding) of a
-//! compact JSON object `{"w": world, "b": bot, "s": server?, "exp": unix seconds, "n": nonce}` and
+//! compact JSON object `{"w": world, "b": bot, "s": server?, "g": fence?, "exp": unix seconds,
+//! "n": nonce}` and
 //! `signature` is base64url of HMAC-SHA256 over `v1.<key id>.<payload>` with the key's secret.
 //! The key id lets a verifier hold the current and the previous key while keys rotate. The nonce
 //! makes each ticket distinct, so a server can refuse a second use.
@@ -100,6 +101,9 @@ pub struct TicketClaims {
     /// The server the ticket is for; any server when absent.
     #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// The world's placement generation (fencing token) when the allocator placed it.
+    #[serde(rename = "g", default, skip_serializing_if = "Option::is_none")]
+    pub fence: Option<u64>,
     /// Expiry, in seconds since the Unix epoch.
     pub exp: u64,
     /// A random value that makes the ticket single-use.
@@ -144,27 +148,51 @@ pub fn new_nonce() -> String {
     B64.encode(bytes)
 }
 
-/// Mint a ticket for `bot` in `world`, valid for `ttl_secs` from `now_unix`.
-pub fn mint(
+/// What a ticket grants, before it is minted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant<'a> {
+    pub world: &'a str,
+    pub bot: &'a str,
+    pub server: Option<&'a str>,
+    pub fence: Option<u64>,
+}
+
+impl<'a> Grant<'a> {
+    /// A ticket for `bot` in `world`, on any server.
+    pub fn new(world: &'a str, bot: &'a str) -> Self {
+        Grant { world, bot, server: None, fence: None }
+    }
+}
+
+/// Mint a ticket for `grant`, valid for `ttl_secs` from `now_unix`, with a fresh nonce.
+pub fn mint(key: &TicketKey, grant: &Grant<'_>, ttl_secs: u64, now_unix: u64) -> Result<(String, TicketClaims), TicketError> {
+    mint_with_nonce(key, grant, ttl_secs, now_unix, new_nonce())
+}
+
+/// [`mint`] with a given nonce (the allocator uses its reservation id).
+pub fn mint_with_nonce(
     key: &TicketKey,
-    world: &str,
-    bot: &str,
-    server: Option<&str>,
+    grant: &Grant<'_>,
     ttl_secs: u64,
     now_unix: u64,
+    nonce: String,
 ) -> Result<(String, TicketClaims), TicketError> {
-    if !valid_id(world) || !valid_id(bot) || server.is_some_and(|s| !valid_id(s)) {
+    if !valid_id(grant.world) || !valid_id(grant.bot) || grant.server.is_some_and(|s| !valid_id(s)) {
+        return Err(TicketError::BadClaims);
+    }
+    if nonce.is_empty() || nonce.len() > 64 {
         return Err(TicketError::BadClaims);
     }
     if ttl_secs == 0 || ttl_secs > MAX_TICKET_TTL_SECS {
         return Err(TicketError::TooLong);
     }
     let claims = TicketClaims {
-        world: world.to_owned(),
-        bot: bot.to_owned(),
-        server: server.map(str::to_owned),
+        world: grant.world.to_owned(),
+        bot: grant.bot.to_owned(),
+        server: grant.server.map(str::to_owned),
+        fence: grant.fence,
         exp: now_unix + ttl_secs,
-        nonce: new_nonce(),
+        nonce,
     };
     Ok((sign(key, &claims), claims))
 }
@@ -236,7 +264,9 @@ mod tests {
     #[test]
     fn minted_ticket_verifies() {
         let k = key("k1");
-        let (t, claims) = mint(&k, "world-1", "bot-1", Some("gs-1"), 60, 1000).unwrap();
+        let grant = Grant { server: Some("gs-1"), fence: Some(7), ..Grant::new("world-1", "bot-1") };
+        let (t, claims) = mint(&k, &grant, 60, 1000).unwrap();
+        assert_eq!(claims.fence, Some(7));
         let v = TicketVerifier::new(vec![k]);
         assert_eq!(v.verify(&t, 1000).unwrap(), claims);
         assert_eq!(claims.exp, 1060);
@@ -246,18 +276,18 @@ mod tests {
     #[test]
     fn forged_and_foreign_tickets_are_refused() {
         let k = key("k1");
-        let (t, _) = mint(&k, "w", "b", None, 60, 0).unwrap();
+        let (t, _) = mint(&k, &Grant::new("w", "b"), 60, 0).unwrap();
         let v = TicketVerifier::new(vec![k.clone()]);
         // Another secret under the same key id.
         let other = TicketKey::new("k1", &[8u8; 32]).unwrap();
-        let (forged, _) = mint(&other, "w", "b", None, 60, 0).unwrap();
+        let (forged, _) = mint(&other, &Grant::new("w", "b"), 60, 0).unwrap();
         assert_eq!(v.verify(&forged, 0), Err(TicketError::BadSignature));
         // A changed payload with the old signature.
         let parts: Vec<&str> = t.split('.').collect();
-        let claims = TicketClaims { world: "other".into(), bot: "b".into(), server: None, exp: 60, nonce: "n".into() };
+        let claims = TicketClaims { world: "other".into(), bot: "b".into(), server: None, fence: None, exp: 60, nonce: "n".into() };
         let tampered = format!("v1.k1.{}.{}", B64.encode(serde_json::to_vec(&claims).unwrap()), parts[3]);
         assert_eq!(v.verify(&tampered, 0), Err(TicketError::BadSignature));
-        let (unknown, _) = mint(&key("k9"), "w", "b", None, 60, 0).unwrap();
+        let (unknown, _) = mint(&key("k9"), &Grant::new("w", "b"), 60, 0).unwrap();
         assert_eq!(v.verify(&unknown, 0), Err(TicketError::UnknownKey));
         for junk in ["", "v1", "v1.k1.a.b.c", "v2.k1.a.b", "v1.k1.!!.??", &"v1.k1.".repeat(500)] {
             assert!(v.verify(junk, 0).is_err(), "{junk}");
@@ -268,8 +298,8 @@ mod tests {
     fn rotation_accepts_previous_key() {
         let old = key("old");
         let new = TicketKey::new("new", &[9u8; 40]).unwrap();
-        let (t_old, _) = mint(&old, "w", "b", None, 60, 0).unwrap();
-        let (t_new, _) = mint(&new, "w", "b", None, 60, 0).unwrap();
+        let (t_old, _) = mint(&old, &Grant::new("w", "b"), 60, 0).unwrap();
+        let (t_new, _) = mint(&new, &Grant::new("w", "b"), 60, 0).unwrap();
         let v = TicketVerifier::new(vec![new, old]);
         assert!(v.verify(&t_old, 1).is_ok());
         assert!(v.verify(&t_new, 1).is_ok());
@@ -278,9 +308,9 @@ mod tests {
     #[test]
     fn claims_and_ttl_are_bounded() {
         let k = key("k");
-        assert_eq!(mint(&k, "bad world", "b", None, 60, 0).unwrap_err(), TicketError::BadClaims);
-        assert_eq!(mint(&k, "w", "b", None, MAX_TICKET_TTL_SECS + 1, 0).unwrap_err(), TicketError::TooLong);
-        let claims = TicketClaims { world: "w".into(), bot: "b".into(), server: None, exp: 10_000, nonce: "n".into() };
+        assert_eq!(mint(&k, &Grant::new("bad world", "b"), 60, 0).unwrap_err(), TicketError::BadClaims);
+        assert_eq!(mint(&k, &Grant::new("w", "b"), MAX_TICKET_TTL_SECS + 1, 0).unwrap_err(), TicketError::TooLong);
+        let claims = TicketClaims { world: "w".into(), bot: "b".into(), server: None, fence: None, exp: 10_000, nonce: "n".into() };
         let t = sign(&k, &claims);
         assert_eq!(TicketVerifier::new(vec![k]).verify(&t, 0), Err(TicketError::TooLong));
     }

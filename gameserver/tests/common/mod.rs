@@ -10,7 +10,7 @@ use arena_gameserver::{Server, ServerConfig};
 use arena_sdk::Encoding;
 use arena_sdk::client::{Client, ClientError};
 use arena_sdk::protocol::{ServerMsg, Welcome};
-use arena_sdk::ticket::{TicketKey, mint};
+use arena_sdk::ticket::{Grant, TicketKey, mint};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -95,7 +95,7 @@ impl TestServer {
 
 pub fn ticket_with(key: &TicketKey, world: &str, bot: &str, server: Option<&str>, ttl: u64) -> String {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    mint(key, world, bot, server, ttl, now).unwrap().0
+    mint(key, &Grant { server, ..Grant::new(world, bot) }, ttl, now).unwrap().0
 }
 
 /// Minimal HTTP/1.1 GET over a fresh connection: status and body.

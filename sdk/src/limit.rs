@@ -1,4 +1,5 @@
-//! A token bucket with time passed in, for per-connection rate and violation limits.
+//! A token bucket with time passed in: the gameserver's per-connection rate and violation
+//! limits, the allocator's per-key and per-IP request limits.
 
 use std::time::Duration;
 

@@ -1,0 +1,56 @@
+-- Record a gameserver's heartbeat.
+-- ARGV: prefix, server id, server JSON (with last_seen_ms = now), now (ms), placement grace (ms),
+--       number of worlds, then per world: world id, occupancy, n, and n joined reservation ids.
+-- Returns {fences (world, fence, world, fence, ...), evict (world, ...)}.
+local P, sid, sjson, now_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
+redis.call('HSET', P .. ':servers', sid, sjson)
+local capacity = tonumber(cjson.decode(sjson).world_capacity)
+
+local fences, evict, reported = {}, {}, {}
+local n, i = tonumber(ARGV[6]), 7
+for _ = 1, n do
+  local world, occ, nj = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  reported[world] = true
+  local current = redis.call('HGET', P .. ':placement', world)
+  if not current then
+    -- Unknown here (a registry that restarted, a direct join): adopt it.
+    local f = place(P, world, sid, now_s, occ, capacity)
+    table.insert(fences, world)
+    table.insert(fences, tostring(f))
+  else
+    local ps, pf = split_placement(current)
+    if ps == sid then
+      redis.call('HSET', P .. ':occ', world, occ)
+      local rkey = P .. ':res:' .. world
+      for j = 0, nj - 1 do
+        redis.call('ZREM', rkey, ARGV[i + j])
+      end
+      note_used(P, world, tonumber(occ) + live_reservations(P, world, now), capacity)
+      table.insert(fences, world)
+      table.insert(fences, tostring(pf))
+    else
+      table.insert(evict, world)
+    end
+  end
+  i = i + nj
+end
+
+-- Placements this server holds but did not report: unloaded, or never loaded.
+for _, world in ipairs(redis.call('SMEMBERS', P .. ':sw:' .. sid)) do
+  if not reported[world] then
+    local current = redis.call('HGET', P .. ':placement', world)
+    if not current then
+      redis.call('SREM', P .. ':sw:' .. sid, world)
+    else
+      local ps, _, placed = split_placement(current)
+      if ps ~= sid then
+        redis.call('SREM', P .. ':sw:' .. sid, world)
+      elseif placed + grace < now and live_reservations(P, world, now) == 0 then
+        forget(P, world, sid)
+      end
+    end
+  end
+end
+return {fences, evict}

@@ -1,0 +1,13 @@
+-- Forget servers not heard from since ARGV[2] (ms). ARGV: prefix, before. Returns how many.
+local P, before = ARGV[1], tonumber(ARGV[2])
+local all = redis.call('HGETALL', P .. ':servers')
+local gone = 0
+for k = 1, #all, 2 do
+  local s = cjson.decode(all[k + 1])
+  if tonumber(s.last_seen_ms) < before then
+    redis.call('HDEL', P .. ':servers', all[k])
+    redis.call('DEL', P .. ':sw:' .. all[k])
+    gone = gone + 1
+  end
+end
+return gone

@@ -1,0 +1,13 @@
+-- Cancel a reservation. ARGV: prefix, world, reservation id, now (ms). Returns 1 if it existed.
+local P, world, id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local removed = redis.call('ZREM', P .. ':res:' .. world, id)
+local current = redis.call('HGET', P .. ':placement', world)
+if removed == 1 and current then
+  local ps = split_placement(current)
+  local raw = redis.call('HGET', P .. ':servers', ps)
+  if raw then
+    local occ = tonumber(redis.call('HGET', P .. ':occ', world) or '0')
+    note_used(P, world, occ + live_reservations(P, world, now), tonumber(cjson.decode(raw).world_capacity))
+  end
+end
+return removed

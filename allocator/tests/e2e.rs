@@ -1,0 +1,147 @@
+//! End to end on loopback, with real processes: allocators, gameservers that report to them, and
+//! bots that allocate and join with the returned tickets.
+
+mod common;
+
+use std::time::Duration;
+
+use arena_sdk::Encoding;
+use arena_sdk::client::Client;
+use common::{KEY, WAIT, allocate, allocator_process, gameserver_process, wait_json};
+use serde_json::{Value, json};
+
+async fn join(v: &Value) -> Client {
+    let ws = v["endpoints"]["ws"].as_str().unwrap();
+    let mut c = Client::connect(ws, Encoding::MsgPack).await.unwrap_or_else(|e| panic!("connect {ws}: {e}"));
+    let world = v["world_id"].as_str().unwrap();
+    let w = c.join(v["ticket"].as_str().unwrap(), Some(world)).await.unwrap_or_else(|e| panic!("join {v}: {e}"));
+    assert_eq!(w.world, world);
+    c
+}
+
+#[tokio::test]
+async fn two_regions_spill_over_and_a_killed_servers_world_moves() {
+    // The embedded default: an in-memory registry, gameservers in separate processes.
+    let (_alloc, base) = allocator_process(None, 1.0).await;
+    let (mut us, _, _) = gameserver_process(&base, "gs-us", "us-west-2", 1, 2).await;
+    let (_eu, _, _) = gameserver_process(&base, "gs-eu", "eu-central-1", 3, 2).await;
+    let client = reqwest::Client::new();
+    wait_json(&client, &format!("{base}/v1/regions"), "both regions ready", |v| {
+        v.as_array().is_some_and(|r| r.len() == 2 && r.iter().all(|x| x["servers_ready"] == 1))
+    })
+    .await;
+
+    let prefs = json!(["us-west-2", "eu-central-1"]);
+    let mut bots = Vec::new();
+    let mut placed = Vec::new();
+    for i in 0..4 {
+        let (status, v) = allocate(&client, &base, json!({"bot_id": format!("bot-{i}"), "regions": prefs})).await;
+        assert_eq!(status, 200, "{v}");
+        bots.push(join(&v).await);
+        placed.push(v);
+    }
+    let regions: Vec<&str> = placed.iter().map(|v| v["region"].as_str().unwrap()).collect();
+    assert_eq!(regions, ["us-west-2", "us-west-2", "eu-central-1", "eu-central-1"], "us is full after two: spill over");
+    assert_eq!(placed[0]["world_id"], placed[1]["world_id"], "packed: one world fills first");
+    assert_eq!(placed[0]["server_id"], "gs-us");
+
+    // Measured latencies choose the region the same way.
+    let (status, v) =
+        allocate(&client, &base, json!({"bot_id": "far", "latencies_ms": {"eu-central-1": 140.0, "us-west-2": 20.0}}))
+            .await;
+    assert_eq!((status, v["region"].as_str()), (200, Some("eu-central-1")), "us full, eu next: {v}");
+
+    // The us world is live and full.
+    let us_world = placed[0]["world_id"].as_str().unwrap().to_owned();
+    let old_fence = placed[0]["fence"].as_u64().unwrap();
+    let (status, v) = allocate(&client, &base, json!({"bot_id": "late", "world_id": us_world})).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (429, Some("world_unavailable")), "{v}");
+
+    // The us server dies. Once the allocator stops hearing from it (1 s), its world is placed
+    // on the server that is left, with a higher fencing token.
+    us.kill();
+    drop(bots);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let moved = loop {
+        let (status, v) =
+            allocate(&client, &base, json!({"bot_id": "bot-0", "world_id": us_world, "regions": prefs})).await;
+        if status == 200 {
+            break v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the world never moved: {v}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(moved["server_id"], "gs-eu");
+    assert_eq!(moved["world_id"], us_world.as_str());
+    let new_fence = moved["fence"].as_u64().unwrap();
+    assert!(new_fence > old_fence, "fence {new_fence} > {old_fence}");
+    let _c = join(&moved).await;
+
+    // The fleet view shows the dead server as not alive.
+    let servers = common::get_json(&client, &format!("{base}/v1/servers")).await;
+    let us_row = servers.as_array().unwrap().iter().find(|s| s["server_id"] == "gs-us").unwrap();
+    assert_eq!(us_row["alive"], false);
+}
+
+#[tokio::test]
+async fn two_allocators_on_redis_race_for_the_last_seats() {
+    let url = std::env::var("ARENA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = format!("{{arena-race-{}}}", arena_sdk::ticket::new_nonce());
+    let (_a1, base1) = allocator_process(Some((&url, &prefix)), 5.0).await;
+    let (_a2, base2) = allocator_process(Some((&url, &prefix)), 5.0).await;
+    let (_gs, _, gs_http) = gameserver_process(&base1, "gs-race", "us-west-2", 2, 30).await;
+    let client = reqwest::Client::new();
+    for base in [&base1, &base2] {
+        wait_json(&client, &format!("{base}/v1/servers"), "the server in both indexes", |v| {
+            v.as_array().is_some_and(|s| s.len() == 1 && s[0]["alive"] == true)
+        })
+        .await;
+    }
+
+    // 45 of the 60 seats are taken by bots that joined.
+    let mut joined = Vec::new();
+    for i in 0..45 {
+        let base = if i % 2 == 0 { &base1 } else { &base2 };
+        let (status, v) = allocate(&client, base, json!({"bot_id": format!("early-{i}")})).await;
+        assert_eq!(status, 200, "{v}");
+        joined.push(join(&v).await);
+    }
+    // Once heartbeats have turned the reservations into occupancy, 15 seats are left.
+    for base in [&base1, &base2] {
+        wait_json(&client, &format!("{base}/v1/servers"), "45 seats used", |v| v[0]["seats_used"] == 45).await;
+    }
+
+    // 240 concurrent requests, half to each allocator, race for those 15 seats.
+    let requests = (0..240).map(|i| {
+        let client = client.clone();
+        let base = if i % 2 == 0 { base1.clone() } else { base2.clone() };
+        async move {
+            let r = client
+                .post(format!("{base}/v1/allocations"))
+                .bearer_auth(KEY)
+                .json(&json!({"bot_id": format!("racer-{i}")}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    });
+    let results = futures_util::future::join_all(requests).await;
+    let won: Vec<&Value> = results.iter().filter(|(s, _)| *s == 200).map(|(_, v)| v).collect();
+    let refused = results.iter().filter(|(s, v)| *s == 429 && v["error"]["code"] == "no_capacity").count();
+    assert_eq!(won.len(), 15, "exactly the free seats are handed out");
+    assert_eq!(refused, 225, "every other request gets 429: {:?}", results.iter().map(|r| r.0).collect::<Vec<_>>());
+    // Every accepted allocation is joinable.
+    for v in &won {
+        joined.push(join(v).await);
+    }
+    let metrics = client.get(format!("{gs_http}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains(r#"arena_joins_total{result="world_full"}"#), "no join found a full world");
+    wait_json(&client, &format!("{base2}/v1/servers"), "60 seats used", |v| v[0]["seats_used"] == 60).await;
+
+    let redis = ::redis::Client::open(url.as_str()).unwrap();
+    let mut con = redis.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut con).await.unwrap();
+    let _: () = ::redis::cmd("DEL").arg(keys).query_async(&mut con).await.unwrap();
+}

@@ -1,0 +1,297 @@
+//! The allocator's HTTP/JSON API (see `docs/allocator-api.md`): what a bot sends to get a seat,
+//! what it gets back, and what gameservers report every second.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::valid_id;
+
+/// Most regions a request may name.
+pub const MAX_REGIONS: usize = 16;
+/// Largest latency a request may report, in milliseconds.
+pub const MAX_LATENCY_MS: f64 = 60_000.0;
+
+/// How to pick among worlds with room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scheduling {
+    /// The fullest world with a free seat on the fullest server: as few servers busy as possible.
+    #[default]
+    Packed,
+    /// The least loaded server first: spread load over servers.
+    Distributed,
+}
+
+/// `POST /v1/allocations`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllocationRequest {
+    pub bot_id: String,
+    /// Regions in order of preference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+    /// Measured round-trip times per region; lowest first. Used when `regions` is empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub latencies_ms: BTreeMap<String, f64>,
+    /// The bot's own world: routed to wherever it is live, or placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_id: Option<String>,
+    #[serde(default)]
+    pub scheduling: Scheduling,
+}
+
+/// A request field that is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn field(field: &'static str, message: impl Into<String>) -> FieldError {
+    FieldError { field, message: message.into() }
+}
+
+impl AllocationRequest {
+    /// Check the fields and return the regions in preference order (empty: any region).
+    pub fn validate(&self) -> Result<Vec<String>, FieldError> {
+        if !valid_id(&self.bot_id) {
+            return Err(field("bot_id", "1 to 64 characters of A-Z a-z 0-9 _ . : -"));
+        }
+        if let Some(w) = &self.world_id
+            && !valid_id(w)
+        {
+            return Err(field("world_id", "1 to 64 characters of A-Z a-z 0-9 _ . : -"));
+        }
+        if self.regions.len() > MAX_REGIONS || self.latencies_ms.len() > MAX_REGIONS {
+            return Err(field("regions", format!("at most {MAX_REGIONS} regions")));
+        }
+        if !self.regions.is_empty() && !self.latencies_ms.is_empty() {
+            return Err(field("regions", "give either regions or latencies_ms, not both"));
+        }
+        for r in self.regions.iter().chain(self.latencies_ms.keys()) {
+            if !valid_id(r) {
+                return Err(field("regions", format!("{:?} is not a region name", truncate(r))));
+            }
+        }
+        if !self.regions.is_empty() {
+            let mut seen = std::collections::BTreeSet::new();
+            if !self.regions.iter().all(|r| seen.insert(r)) {
+                return Err(field("regions", "a region is listed twice"));
+            }
+            return Ok(self.regions.clone());
+        }
+        let mut by_latency: Vec<(&String, f64)> = Vec::with_capacity(self.latencies_ms.len());
+        for (r, &ms) in &self.latencies_ms {
+            if !ms.is_finite() || !(0.0..=MAX_LATENCY_MS).contains(&ms) {
+                return Err(field("latencies_ms", format!("{r}: must be between 0 and {MAX_LATENCY_MS} ms")));
+            }
+            by_latency.push((r, ms));
+        }
+        by_latency.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+        Ok(by_latency.into_iter().map(|(r, _)| r.clone()).collect())
+    }
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+/// Where to connect.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    pub ws: String,
+}
+
+/// `200` answer to `POST /v1/allocations`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Names the reservation (`DELETE /v1/allocations/{allocation_id}` cancels it).
+    pub allocation_id: String,
+    pub world_id: String,
+    pub region: String,
+    pub server_id: String,
+    pub endpoints: Endpoints,
+    /// The join ticket for `join`.
+    pub ticket: String,
+    /// When the reservation and the ticket expire (Unix seconds).
+    pub expires_at: u64,
+    /// The world's placement generation (fencing token).
+    pub fence: u64,
+}
+
+/// The body of every `4xx`/`5xx` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: ApiErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiErrorBody {
+    /// `bad_request`, `unauthorized`, `rate_limited`, `no_capacity`, `world_unavailable`,
+    /// `payload_too_large`, `not_found`, `unavailable`, `internal`.
+    pub code: String,
+    pub message: String,
+    /// The offending request field, for `bad_request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// A gameserver's readiness as the registry sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerState {
+    /// Takes new worlds and bots.
+    Ready,
+    /// Shutting down: no new seats.
+    Draining,
+}
+
+/// Most worlds a heartbeat may report.
+pub const MAX_REPORTED_WORLDS: usize = 10_000;
+/// Most joined reservations one world may report per heartbeat.
+pub const MAX_JOINED_PER_REPORT: usize = 1_000;
+
+/// `POST /v1/servers/heartbeat`, every second from each gameserver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    pub server_id: String,
+    pub region: String,
+    pub endpoints: Endpoints,
+    pub state: ServerState,
+    /// Most worlds the server holds.
+    pub max_worlds: u32,
+    /// Seats per world.
+    pub world_capacity: u32,
+    pub worlds: Vec<WorldReport>,
+}
+
+/// One live world in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldReport {
+    pub world_id: String,
+    /// The placement generation the server holds for it (0: not known yet).
+    #[serde(default)]
+    pub fence: u64,
+    /// Seats taken (connected bots and bots within their resume grace).
+    pub occupancy: u32,
+    /// Reservations (ticket nonces) used to join since the last heartbeat.
+    #[serde(default)]
+    pub joined: Vec<String>,
+}
+
+impl Heartbeat {
+    pub fn validate(&self) -> Result<(), FieldError> {
+        if !valid_id(&self.server_id) {
+            return Err(field("server_id", "1 to 64 characters of A-Z a-z 0-9 _ . : -"));
+        }
+        if !valid_id(&self.region) {
+            return Err(field("region", "1 to 64 characters of A-Z a-z 0-9 _ . : -"));
+        }
+        let ws = &self.endpoints.ws;
+        if ws.len() > 256 || !(ws.starts_with("ws://") || ws.starts_with("wss://")) {
+            return Err(field("endpoints.ws", "a ws:// or wss:// URL of at most 256 bytes"));
+        }
+        if self.max_worlds == 0 || self.max_worlds as usize > MAX_REPORTED_WORLDS {
+            return Err(field("max_worlds", format!("1 to {MAX_REPORTED_WORLDS}")));
+        }
+        if !(1..=1000).contains(&self.world_capacity) {
+            return Err(field("world_capacity", "1 to 1000"));
+        }
+        if self.worlds.len() > self.max_worlds as usize {
+            return Err(field("worlds", "more worlds than max_worlds"));
+        }
+        for w in &self.worlds {
+            if !valid_id(&w.world_id) {
+                return Err(field("worlds.world_id", "1 to 64 characters of A-Z a-z 0-9 _ . : -"));
+            }
+            if w.occupancy > self.world_capacity {
+                return Err(field("worlds.occupancy", "more than world_capacity"));
+            }
+            if w.joined.len() > MAX_JOINED_PER_REPORT || w.joined.iter().any(|n| n.is_empty() || n.len() > 64) {
+                return Err(field("worlds.joined", format!("at most {MAX_JOINED_PER_REPORT} ids of 1 to 64 bytes")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The allocator's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    /// The placement generation of each reported world that is placed on this server.
+    pub fences: BTreeMap<String, u64>,
+    /// Reported worlds that are placed elsewhere now: the server must let them go.
+    pub evict: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req() -> AllocationRequest {
+        AllocationRequest { bot_id: "bot-1".into(), ..Default::default() }
+    }
+
+    #[test]
+    fn regions_come_from_the_list_or_the_latencies() {
+        assert_eq!(req().validate().unwrap(), Vec::<String>::new());
+        let r = AllocationRequest { regions: vec!["eu".into(), "us".into()], ..req() };
+        assert_eq!(r.validate().unwrap(), vec!["eu", "us"]);
+        let l = AllocationRequest {
+            latencies_ms: BTreeMap::from([("eu".into(), 140.0), ("us".into(), 23.5), ("ap".into(), 23.5)]),
+            ..req()
+        };
+        assert_eq!(l.validate().unwrap(), vec!["ap", "us", "eu"]);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let f = |r: AllocationRequest| r.validate().unwrap_err().field;
+        assert_eq!(f(AllocationRequest { bot_id: "".into(), ..req() }), "bot_id");
+        assert_eq!(f(AllocationRequest { world_id: Some("a b".into()), ..req() }), "world_id");
+        assert_eq!(f(AllocationRequest { regions: vec!["x".into(), "x".into()], ..req() }), "regions");
+        assert_eq!(f(AllocationRequest { regions: vec!["bad region".into()], ..req() }), "regions");
+        for ms in [-1.0, 1e12, f64::NAN] {
+            let r = AllocationRequest { latencies_ms: BTreeMap::from([("us".into(), ms)]), ..req() };
+            assert_eq!(f(r), "latencies_ms");
+        }
+        assert_eq!(f(AllocationRequest { regions: vec!["r".to_string(); 17], ..req() }), "regions");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<AllocationRequest>(r#"{"bot_id":"b","color":"red"}"#).is_err());
+        let ok: AllocationRequest = serde_json::from_str(r#"{"bot_id":"b","scheduling":"distributed"}"#).unwrap();
+        assert_eq!(ok.scheduling, Scheduling::Distributed);
+    }
+
+    fn hb() -> Heartbeat {
+        Heartbeat {
+            server_id: "gs-1".into(),
+            region: "us".into(),
+            endpoints: Endpoints { ws: "ws://127.0.0.1:7000/ws".into() },
+            state: ServerState::Ready,
+            max_worlds: 2,
+            world_capacity: 30,
+            worlds: vec![WorldReport { world_id: "w".into(), fence: 1, occupancy: 3, joined: vec!["n".into()] }],
+        }
+    }
+
+    #[test]
+    fn heartbeats_are_validated() {
+        assert!(hb().validate().is_ok());
+        let f = |h: Heartbeat| h.validate().unwrap_err().field;
+        assert_eq!(f(Heartbeat { endpoints: Endpoints { ws: "http://x".into() }, ..hb() }), "endpoints.ws");
+        assert_eq!(f(Heartbeat { max_worlds: 0, ..hb() }), "max_worlds");
+        let mut over = hb();
+        over.worlds[0].occupancy = 31;
+        assert_eq!(f(over), "worlds.occupancy");
+        let mut many = hb();
+        many.worlds = vec![many.worlds[0].clone(); 3];
+        assert_eq!(f(many), "worlds");
+    }
+}
