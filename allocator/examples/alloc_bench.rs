@@ -32,7 +32,14 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { allocators: vec![], concurrency: 64, seconds: 10.0, servers: 20, key: "arena-dev-key".into(), rate: 0.0 };
+    let mut a = Args {
+        allocators: vec![],
+        concurrency: 64,
+        seconds: 10.0,
+        servers: 20,
+        key: "arena-dev-key".into(),
+        rate: 0.0,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{flag} needs a value"));
@@ -72,7 +79,8 @@ async fn main() {
                         world_capacity: 30,
                         worlds: vec![],
                     };
-                    let r = client.post(format!("{base}/v1/servers/heartbeat")).bearer_auth(&key).json(&hb).send().await;
+                    let r =
+                        client.post(format!("{base}/v1/servers/heartbeat")).bearer_auth(&key).json(&hb).send().await;
                     if let Err(e) = r.and_then(|r| r.error_for_status()) {
                         eprintln!("heartbeat failed: {e}");
                     }
@@ -102,7 +110,8 @@ async fn main() {
             // Open loop: each client sends on its own schedule and latency counts from the
             // scheduled time, so a slow answer cannot hide the requests that queue behind it.
             let interval = (rate > 0.0).then(|| Duration::from_secs_f64(concurrency as f64 / rate));
-            let mut next = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / concurrency as f64));
+            let mut next =
+                Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(w as f64 / concurrency as f64));
             while Instant::now() < deadline {
                 n += 1;
                 let body = format!(r#"{{"bot_id":"bench-{w}-{n}","regions":["bench"]}}"#);

@@ -69,7 +69,8 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = ApiError { error: ApiErrorBody { code: self.code.into(), message: self.message, field: self.field } };
+        let body =
+            ApiError { error: ApiErrorBody { code: self.code.into(), message: self.message, field: self.field } };
         let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(after) = self.retry_after {
             let secs = after.as_secs_f64().ceil().max(1.0) as u64;
@@ -85,8 +86,9 @@ impl From<AllocError> for Refusal {
     fn from(e: AllocError) -> Self {
         match e {
             AllocError::BadRequest(f) => Refusal::new(StatusCode::BAD_REQUEST, "bad_request", f.message).field(f.field),
-            AllocError::NoCapacity => Refusal::new(StatusCode::TOO_MANY_REQUESTS, "no_capacity", e.to_string())
-                .retry(Duration::from_secs(1)),
+            AllocError::NoCapacity => {
+                Refusal::new(StatusCode::TOO_MANY_REQUESTS, "no_capacity", e.to_string()).retry(Duration::from_secs(1))
+            }
             AllocError::WorldFull | AllocError::WorldMoving => {
                 Refusal::new(StatusCode::TOO_MANY_REQUESTS, "world_unavailable", e.to_string())
                     .retry(Duration::from_secs(1))
@@ -182,8 +184,9 @@ async fn release<R: Registry>(
     .await;
     match result {
         Ok(true) => StatusCode::NO_CONTENT.into_response(),
-        Ok(false) => Refusal::new(StatusCode::NOT_FOUND, "not_found", "no such reservation (used or expired)")
-            .into_response(),
+        Ok(false) => {
+            Refusal::new(StatusCode::NOT_FOUND, "not_found", "no such reservation (used or expired)").into_response()
+        }
         Err(r) => r.into_response(),
     }
 }

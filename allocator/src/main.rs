@@ -110,7 +110,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("ARENA_API_KEYS / ARENA_SERVER_KEYS are not set: accepting the development key (loopback only)");
     }
     if (keys.is_development() || signing_key.is_development()) && !args.listen.ip().is_loopback() {
-        bail!("refusing to listen on {} with development keys: set ARENA_TICKET_KEY, ARENA_API_KEYS, ARENA_SERVER_KEYS", args.listen);
+        bail!(
+            "refusing to listen on {} with development keys: set ARENA_TICKET_KEY, ARENA_API_KEYS, ARENA_SERVER_KEYS",
+            args.listen
+        );
     }
     for r in &args.regions {
         if !arena_sdk::protocol::valid_id(r) {
@@ -132,10 +135,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         per_ip: Rate { per_sec: args.ip_rate, burst: args.ip_rate * 2.0 },
         ..LimitConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     match &args.redis_url {
         Some(url) => {
-            let registry = RedisRegistry::connect(url, &args.redis_prefix, timing).await.context("connecting to Redis")?;
+            let registry =
+                RedisRegistry::connect(url, &args.redis_prefix, timing).await.context("connecting to Redis")?;
             tracing::info!(listen = %args.listen, prefix = %args.redis_prefix, "registry: Redis (shared by every replica)");
             run(listener, registry, rules, signing_key, keys, limits).await
         }

@@ -55,7 +55,11 @@ impl Metrics {
         };
         let r = &mut registry;
         r.register("allocations", "Allocation requests by result", m.allocations.clone());
-        r.register("allocation_duration_seconds", "Time to answer an allocation request", m.allocation_duration.clone());
+        r.register(
+            "allocation_duration_seconds",
+            "Time to answer an allocation request",
+            m.allocation_duration.clone(),
+        );
         r.register("reservation_conflicts", "Reservations refused by the registry and retried", m.conflicts.clone());
         r.register("heartbeats", "Gameserver heartbeats recorded", m.heartbeats.clone());
         r.register("registry_errors", "Registry operations that failed", m.registry_errors.clone());

@@ -42,9 +42,16 @@ pub struct Clock {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Reserve a seat in a live world.
-    Seat { world: String, server: String, fence: u64 },
+    Seat {
+        world: String,
+        server: String,
+        fence: u64,
+    },
     /// Place the world (the requested one, or a new one) on a server and reserve a seat in it.
-    Place { world: Option<String>, server: String },
+    Place {
+        world: Option<String>,
+        server: String,
+    },
     Unavailable(Unavailable),
 }
 
@@ -101,9 +108,9 @@ fn server_order<'a>(
     let mut servers: Vec<&ServerEntry> = index.servers_in(region).filter(|s| usable(s, clock, avoid)).collect();
     match scheduling {
         Scheduling::Packed => servers.sort_by(|a, b| b.bots.cmp(&a.bots).then_with(|| a.view.id.cmp(&b.view.id))),
-        Scheduling::Distributed => servers.sort_by(|a, b| {
-            a.utilisation().total_cmp(&b.utilisation()).then_with(|| a.view.id.cmp(&b.view.id))
-        }),
+        Scheduling::Distributed => {
+            servers.sort_by(|a, b| a.utilisation().total_cmp(&b.utilisation()).then_with(|| a.view.id.cmp(&b.view.id)))
+        }
     }
     servers
 }
@@ -154,10 +161,13 @@ pub fn choose(index: &Index, want: Want<'_>, clock: Clock, avoid: &Avoid) -> Dec
                 fence: index.world(w).map_or(0, |e| e.fence),
             })
         };
-        let place = |s: &ServerEntry| s.has_world_room().then(|| Decision::Place { world: None, server: s.view.id.clone() });
+        let place =
+            |s: &ServerEntry| s.has_world_room().then(|| Decision::Place { world: None, server: s.view.id.clone() });
         let found = match want.scheduling {
             // Any free seat in the region before a new world: worlds fill, then servers.
-            Scheduling::Packed => servers.iter().find_map(|s| seat(s)).or_else(|| servers.iter().find_map(|s| place(s))),
+            Scheduling::Packed => {
+                servers.iter().find_map(|s| seat(s)).or_else(|| servers.iter().find_map(|s| place(s)))
+            }
             // The least loaded server takes the bot, in a world of its own if need be.
             Scheduling::Distributed => servers.iter().find_map(|s| seat(s).or_else(|| place(s))),
         };
@@ -305,14 +315,29 @@ mod tests {
                 ServerView { state: ServerState::Draining, ..server("drain", "us", 2) },
                 server("e", "eu", 2),
             ],
-            worlds: vec![world("mine", "a", 3), world("full", "a", 30), world("lost", "dead", 4), world("moving", "drain", 2)],
+            worlds: vec![
+                world("mine", "a", 3),
+                world("full", "a", 30),
+                world("lost", "dead", 4),
+                world("moving", "drain", 2),
+            ],
         };
         let ix = Index::build(&snap);
-        let want = |w: &'static str, regions: &'static [String]| Want { regions, world: Some(w), scheduling: Scheduling::Packed };
+        let want = |w: &'static str, regions: &'static [String]| Want {
+            regions,
+            world: Some(w),
+            scheduling: Scheduling::Packed,
+        };
         let none: &'static [String] = &[];
         assert_eq!(choose(&ix, want("mine", none), NOW, &Avoid::default()), seat("mine", "a"));
-        assert_eq!(choose(&ix, want("full", none), NOW, &Avoid::default()), Decision::Unavailable(Unavailable::WorldFull));
-        assert_eq!(choose(&ix, want("moving", none), NOW, &Avoid::default()), Decision::Unavailable(Unavailable::WorldMoving));
+        assert_eq!(
+            choose(&ix, want("full", none), NOW, &Avoid::default()),
+            Decision::Unavailable(Unavailable::WorldFull)
+        );
+        assert_eq!(
+            choose(&ix, want("moving", none), NOW, &Avoid::default()),
+            Decision::Unavailable(Unavailable::WorldMoving)
+        );
         let eu: &'static [String] = Box::leak(Box::new(vec!["eu".to_string()]));
         assert_eq!(
             choose(&ix, want("lost", eu), NOW, &Avoid::default()),

@@ -55,11 +55,7 @@ impl<K: Hash + Eq> Table<K> {
             }
         }
         let bucket = b.entry(key).or_insert_with(|| TokenBucket::new(self.rate.burst, self.rate.per_sec, now));
-        if bucket.try_take(now) {
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64(1.0 / self.rate.per_sec.max(1e-3)))
-        }
+        if bucket.try_take(now) { Ok(()) } else { Err(Duration::from_secs_f64(1.0 / self.rate.per_sec.max(1e-3))) }
     }
 }
 

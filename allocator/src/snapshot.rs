@@ -104,10 +104,7 @@ impl Index {
         let mut ix = Index::default();
         for s in &snap.servers {
             ix.regions.entry(s.region.clone()).or_default().push(s.id.clone());
-            ix.servers.insert(
-                s.id.clone(),
-                ServerEntry { view: s.clone(), bots: 0, worlds: 0, open: BTreeSet::new() },
-            );
+            ix.servers.insert(s.id.clone(), ServerEntry { view: s.clone(), bots: 0, worlds: 0, open: BTreeSet::new() });
         }
         for w in &snap.worlds {
             ix.set_world(&w.id, &w.server, w.fence, w.used);

@@ -63,14 +63,56 @@ async fn bad_requests_get_named_errors() {
         ("missing bot_id", Some(KEY), b"{}".to_vec(), 400, "bad_request", None),
         ("unknown field", Some(KEY), br#"{"bot_id":"b","colour":"red"}"#.to_vec(), 400, "bad_request", None),
         ("bad bot id", Some(KEY), br#"{"bot_id":"a b"}"#.to_vec(), 400, "bad_request", Some("bot_id")),
-        ("bot id of wrong type", Some(KEY), br#"{"bot_id":12345678901234567890}"#.to_vec(), 400, "bad_request", Some("bot_id")),
-        ("unknown region", Some(KEY), br#"{"bot_id":"b","regions":["mars-1"]}"#.to_vec(), 400, "bad_request", Some("regions")),
-        ("negative latency", Some(KEY), br#"{"bot_id":"b","latencies_ms":{"us-west-2":-5}}"#.to_vec(), 400, "bad_request", Some("latencies_ms")),
-        ("huge latency", Some(KEY), br#"{"bot_id":"b","latencies_ms":{"us-west-2":1e300}}"#.to_vec(), 400, "bad_request", Some("latencies_ms")),
-        ("bad scheduling", Some(KEY), br#"{"bot_id":"b","scheduling":"random"}"#.to_vec(), 400, "bad_request", Some("scheduling")),
+        (
+            "bot id of wrong type",
+            Some(KEY),
+            br#"{"bot_id":12345678901234567890}"#.to_vec(),
+            400,
+            "bad_request",
+            Some("bot_id"),
+        ),
+        (
+            "unknown region",
+            Some(KEY),
+            br#"{"bot_id":"b","regions":["mars-1"]}"#.to_vec(),
+            400,
+            "bad_request",
+            Some("regions"),
+        ),
+        (
+            "negative latency",
+            Some(KEY),
+            br#"{"bot_id":"b","latencies_ms":{"us-west-2":-5}}"#.to_vec(),
+            400,
+            "bad_request",
+            Some("latencies_ms"),
+        ),
+        (
+            "huge latency",
+            Some(KEY),
+            br#"{"bot_id":"b","latencies_ms":{"us-west-2":1e300}}"#.to_vec(),
+            400,
+            "bad_request",
+            Some("latencies_ms"),
+        ),
+        (
+            "bad scheduling",
+            Some(KEY),
+            br#"{"bot_id":"b","scheduling":"random"}"#.to_vec(),
+            400,
+            "bad_request",
+            Some("scheduling"),
+        ),
         ("missing key", None, br#"{"bot_id":"b"}"#.to_vec(), 401, "unauthorized", None),
         ("wrong key", Some("not-a-key"), br#"{"bot_id":"b"}"#.to_vec(), 401, "unauthorized", None),
-        ("oversize body", Some(KEY), format!(r#"{{"bot_id":"b","pad":"{}"}}"#, "x".repeat(20_000)).into_bytes(), 413, "payload_too_large", None),
+        (
+            "oversize body",
+            Some(KEY),
+            format!(r#"{{"bot_id":"b","pad":"{}"}}"#, "x".repeat(20_000)).into_bytes(),
+            413,
+            "payload_too_large",
+            None,
+        ),
     ];
     for (name, key, body, status, want_code, want_field) in cases {
         let (got_status, v) = post_raw(&client, base, key, body).await;
@@ -89,9 +131,16 @@ async fn bad_requests_get_named_errors() {
     // Unknown endpoints and heartbeats with a client key are refused too.
     let r = client.get(format!("{base}/v2/nothing")).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    let r = client.post(format!("{base}/v1/servers/heartbeat")).bearer_auth("wrong").json(&json!({})).send().await.unwrap();
+    let r =
+        client.post(format!("{base}/v1/servers/heartbeat")).bearer_auth("wrong").json(&json!({})).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    let r = client.post(format!("{base}/v1/servers/heartbeat")).bearer_auth(KEY).json(&json!({"server_id": "x"})).send().await.unwrap();
+    let r = client
+        .post(format!("{base}/v1/servers/heartbeat"))
+        .bearer_auth(KEY)
+        .json(&json!({"server_id": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
 }
 

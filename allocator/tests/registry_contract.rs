@@ -142,8 +142,14 @@ async fn world_room_and_draining_are_respected<R: Registry>(r: R) {
     assert_eq!(r.reserve(&place("w2", "a", "r2", now)).await.unwrap(), Reserved::Conflict(Conflict::ServerFull));
     let draining = Heartbeat { state: ServerState::Draining, ..hb("a", 1, vec![]) };
     r.heartbeat(&draining, now).await.unwrap();
-    assert_eq!(r.reserve(&seat("w1", "a", 1, "r3", now)).await.unwrap(), Reserved::Conflict(Conflict::ServerUnavailable));
-    assert_eq!(r.reserve(&place("w9", "nobody", "r4", now)).await.unwrap(), Reserved::Conflict(Conflict::ServerUnavailable));
+    assert_eq!(
+        r.reserve(&seat("w1", "a", 1, "r3", now)).await.unwrap(),
+        Reserved::Conflict(Conflict::ServerUnavailable)
+    );
+    assert_eq!(
+        r.reserve(&place("w9", "nobody", "r4", now)).await.unwrap(),
+        Reserved::Conflict(Conflict::ServerUnavailable)
+    );
 }
 
 async fn unknown_worlds_are_adopted_and_unreported_ones_forgotten<R: Registry>(r: R) {
@@ -151,7 +157,10 @@ async fn unknown_worlds_are_adopted_and_unreported_ones_forgotten<R: Registry>(r
     let reply = r.heartbeat(&hb("a", 3, vec![report("direct", 2, &[])]), now).await.unwrap();
     let adopted = *reply.fences.get("direct").expect("adopted with a fence");
     assert!(adopted > 0);
-    assert_eq!(r.reserve(&seat("direct", "a", adopted, "r1", now)).await.unwrap(), Reserved::Ok { fence: adopted, used: 3 });
+    assert_eq!(
+        r.reserve(&seat("direct", "a", adopted, "r1", now)).await.unwrap(),
+        Reserved::Ok { fence: adopted, used: 3 }
+    );
     // The world was unloaded: it stops being reported. Once its reservation is gone (consumed)
     // and the grace passed, the placement is forgotten.
     r.heartbeat(&hb("a", 3, vec![report("direct", 0, &["r1"])]), now).await.unwrap();

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arena_sdk::Encoding;
-use arena_sdk::codec::{ack_bytes, encode_update};
 use arena_sdk::allocator_api::{HeartbeatReply, WorldReport};
+use arena_sdk::codec::{ack_bytes, encode_update};
 use arena_sdk::protocol::{BotId, Command, ErrorCode, ErrorMsg, ServerMsg, close};
 use arena_sdk::ticket::{TicketClaims, TicketError, TicketVerifier, new_nonce};
 use parking_lot::Mutex;

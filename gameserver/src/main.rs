@@ -134,8 +134,13 @@ fn main() -> anyhow::Result<()> {
             init_logging(LogFormat::Text);
             let key = ticket_keys()?.remove(0);
             let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-            let (ticket, _) = mint(&key, &Grant { server: args.server.as_deref(), ..Grant::new(&args.world, &args.bot) }, args.ttl_secs, now)
-                .map_err(|e| anyhow::anyhow!("cannot mint: {e} (ids are 1-64 of A-Z a-z 0-9 _ . : -; ttl 1-3600)"))?;
+            let (ticket, _) = mint(
+                &key,
+                &Grant { server: args.server.as_deref(), ..Grant::new(&args.world, &args.bot) },
+                args.ttl_secs,
+                now,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot mint: {e} (ids are 1-64 of A-Z a-z 0-9 _ . : -; ttl 1-3600)"))?;
             println!("{ticket}");
             Ok(())
         }

@@ -66,8 +66,10 @@ async fn bad_tickets_are_refused_with_their_codes() {
     );
     assert_eq!(refused(&server, "v1.dev.garbage.garbage", None).await.0, ErrorCode::TicketInvalid);
 
-    let expired =
-        sign(&dev, &TicketClaims { world: "w".into(), bot: "b".into(), server: None, fence: None, exp: 1_000, nonce: "n1".into() });
+    let expired = sign(
+        &dev,
+        &TicketClaims { world: "w".into(), bot: "b".into(), server: None, fence: None, exp: 1_000, nonce: "n1".into() },
+    );
     assert_eq!(refused(&server, &expired, None).await, (ErrorCode::TicketExpired, close::JOIN_REFUSED));
 
     let t = server.ticket("w-right", "b");

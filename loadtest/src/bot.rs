@@ -6,6 +6,7 @@
 //! (no coordinated omission).
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -54,6 +55,9 @@ enum Ended {
 /// A seat the bot holds.
 struct Seated {
     conn: WsConn,
+    /// Where the seat is, for resuming.
+    addr: SocketAddr,
+    path: String,
     resume_token: String,
     ack_seq: u32,
     tick: u64,
@@ -79,7 +83,7 @@ impl Swarm {
         tokio::time::sleep_until(start).await;
         let mut rng = SplitMix64::new(0x9e37_79b9 ^ idx as u64);
         let mut samples = Samples::default();
-        let mut resume: Option<String> = None;
+        let mut resume: Option<(String, SocketAddr, String)> = None;
         let mut seq = 0u32;
         let mut failures = 0u32;
         let stats = &self.stats;
@@ -88,7 +92,7 @@ impl Swarm {
                 break;
             }
             let seated = match resume.take() {
-                Some(token) => match self.resume(&token).await {
+                Some((token, addr, path)) => match self.resume(&token, addr, &path).await {
                     Ok(s) => {
                         stats.reconnects.fetch_add(1, Ordering::Relaxed);
                         stats.joined.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +131,7 @@ impl Swarm {
                 Ended::Lost(kind) => {
                     stats.disconnects.fetch_add(1, Ordering::Relaxed);
                     stats.error(kind);
-                    resume = Some(seated.resume_token.clone());
+                    resume = Some((seated.resume_token.clone(), seated.addr, seated.path.clone()));
                 }
             }
         }
@@ -144,7 +148,8 @@ impl Swarm {
             .map_err(|e| format!("connect:{}", error_kind(&e)))?;
         let connected = Instant::now();
         let join = ClientMsg::Join { ticket: assignment.ticket, world: Some(assignment.world) };
-        let seated = self.welcome(conn_send(&mut conn, b.encoding, &join).await.map(|()| conn)?).await?;
+        conn_send(&mut conn, b.encoding, &join).await?;
+        let seated = self.welcome(conn, assignment.addr, assignment.path).await?;
         let welcomed = Instant::now();
         self.stats.joined(JoinTimes {
             alloc: assignment.took,
@@ -154,22 +159,17 @@ impl Swarm {
         Ok(seated)
     }
 
-    async fn resume(&self, token: &str) -> Result<Seated, String> {
-        // Resuming needs the address of the seat's server, which a direct target knows.
-        let Target::Direct(d) = &self.target;
-        let world = token.rsplit_once('.').map(|(w, _)| w).unwrap_or("");
-        let w: usize = world.strip_prefix("lt-").and_then(|n| n.parse().ok()).unwrap_or(0);
-        let (addr, path, _) = &d.servers[w % d.servers.len()];
+    async fn resume(&self, token: &str, addr: SocketAddr, path: &str) -> Result<Seated, String> {
         let b = &self.behaviour;
-        let mut conn = WsConn::connect(*addr, path, b.encoding.subprotocol(), b.connect_timeout)
+        let mut conn = WsConn::connect(addr, path, b.encoding.subprotocol(), b.connect_timeout)
             .await
             .map_err(|e| format!("connect:{}", error_kind(&e)))?;
         conn_send(&mut conn, b.encoding, &ClientMsg::Resume { token: token.to_owned() }).await?;
-        self.welcome(conn).await
+        self.welcome(conn, addr, path.to_owned()).await
     }
 
     /// Wait for the `welcome` (or the refusal).
-    async fn welcome(&self, mut conn: WsConn) -> Result<Seated, String> {
+    async fn welcome(&self, mut conn: WsConn, addr: SocketAddr, path: String) -> Result<Seated, String> {
         let enc = self.behaviour.encoding;
         let deadline = Instant::now() + self.behaviour.connect_timeout;
         loop {
@@ -179,7 +179,14 @@ impl Swarm {
                 .map_err(|e| format!("join:{}", error_kind(&e)))?;
             match decode_server(enc, conn.payload(frame)) {
                 Ok(ServerMsg::Welcome(w)) => {
-                    return Ok(Seated { conn, resume_token: w.resume_token, ack_seq: w.ack_seq, tick: w.tick });
+                    return Ok(Seated {
+                        conn,
+                        addr,
+                        path,
+                        resume_token: w.resume_token,
+                        ack_seq: w.ack_seq,
+                        tick: w.tick,
+                    });
                 }
                 Ok(ServerMsg::Error(e)) => return Err(format!("join_refused:{}", e.code.as_str())),
                 Ok(_) => {}

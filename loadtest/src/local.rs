@@ -15,7 +15,7 @@ use tokio::process::{Child, Command};
 pub struct LocalProcess {
     pub name: String,
     pub pid: u32,
-    pub ws: SocketAddr,
+    /// Its HTTP address (health, metrics; the allocator's API).
     pub http: SocketAddr,
     child: Child,
 }
@@ -47,23 +47,84 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     String::from_utf8_lossy(&buf).split(' ').nth(1)?.parse().ok()
 }
 
-/// Start `arena-gameserver serve` number `i` and wait for `/readyz`.
-pub async fn start_gameserver(bin: &Path, i: usize, max_worlds: usize, log_dir: &Path) -> anyhow::Result<LocalProcess> {
-    let (ws, http) = (free_port()?, free_port()?);
-    let name = format!("gs-{i}");
+fn spawn(bin: &Path, name: &str, args: &[String], log_dir: &Path, http: SocketAddr) -> anyhow::Result<LocalProcess> {
     let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
     let child = Command::new(bin)
-        .args(["serve", "--ws-addr", &ws.to_string(), "--http-addr", &http.to_string(), "--server-id", &name])
-        .args(["--max-worlds", &max_worlds.to_string()])
+        .args(args)
+        .env_remove("ARENA_REDIS_URL")
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id().context("child pid")?;
-    let mut p = LocalProcess { name, pid, ws, http, child };
+    Ok(LocalProcess { name: name.to_owned(), pid, http, child })
+}
+
+/// Start `arena-allocator serve` (in-memory registry) and wait for `/readyz`; its base URL.
+pub async fn start_allocator(bin: &Path, log_dir: &Path) -> anyhow::Result<(LocalProcess, String)> {
+    let http = free_port()?;
+    // The swarm comes from one address with one key: lift the request limits.
+    let args: Vec<String> = ["serve", "--listen", &http.to_string(), "--key-rate", "1000000", "--ip-rate", "1000000"]
+        .map(String::from)
+        .into();
+    let mut p = spawn(bin, "allocator", &args, log_dir, http)?;
+    p.wait_ready(Duration::from_secs(15)).await?;
+    Ok((p, format!("http://{http}")))
+}
+
+/// Start `arena-gameserver serve` number `i`, reporting to `allocator`, and wait for `/readyz`.
+pub async fn start_gameserver(
+    bin: &Path,
+    i: usize,
+    max_worlds: usize,
+    log_dir: &Path,
+    allocator: &str,
+) -> anyhow::Result<LocalProcess> {
+    let (ws, http) = (free_port()?, free_port()?);
+    let name = format!("gs-{i}");
+    let args: Vec<String> = vec![
+        "serve".into(),
+        "--ws-addr".into(),
+        ws.to_string(),
+        "--http-addr".into(),
+        http.to_string(),
+        "--server-id".into(),
+        name.clone(),
+        "--max-worlds".into(),
+        max_worlds.to_string(),
+        "--allocator-url".into(),
+        allocator.to_owned(),
+        "--region".into(),
+        "local".into(),
+    ];
+    let mut p = spawn(bin, &name, &args, log_dir, http)?;
     p.wait_ready(Duration::from_secs(15)).await?;
     Ok(p)
+}
+
+/// Wait until the allocator counts `n` live servers.
+pub async fn wait_registered(allocator: &str, key: &str, n: usize) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let servers: serde_json::Value = client
+            .get(format!("{allocator}/v1/servers"))
+            .bearer_auth(key)
+            .send()
+            .await?
+            .json()
+            .await
+            .unwrap_or_default();
+        let alive = servers.as_array().map_or(0, |s| s.iter().filter(|x| x["alive"] == true).count());
+        if alive >= n {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the allocator sees {alive} of {n} gameservers after 15 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 impl LocalProcess {

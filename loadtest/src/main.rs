@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arena_loadtest::bot::{Behaviour, Swarm};
-use arena_loadtest::local::{LocalProcess, sibling_binary, start_gameserver};
+use arena_loadtest::local::{LocalProcess, sibling_binary, start_allocator, start_gameserver, wait_registered};
 use arena_loadtest::procstat::{ProcSample, sample};
 use arena_loadtest::report::{Point, ProcReport, Report};
 use arena_loadtest::stats::{Percentiles, Stats};
-use arena_loadtest::target::{Direct, Target, parse_ws_url};
+use arena_loadtest::target::{Direct, Target, ViaAllocator, parse_ws_url};
 use arena_sdk::Encoding;
 use arena_sdk::ticket::TicketKey;
 use clap::{Parser, ValueEnum};
@@ -22,12 +22,19 @@ use tokio::time::Instant;
 #[derive(Parser, Debug)]
 #[command(name = "arena-loadtest", version, about = "Drive a swarm of bots against Arena and report what they saw")]
 struct Cli {
-    /// Start the servers as child processes on loopback (the binaries beside this one).
-    #[arg(long)]
+    /// Start the stack as child processes on loopback — an allocator (in-memory registry) and
+    /// --servers gameservers reporting to it (the binaries beside this one) — and play through it.
+    #[arg(long, conflicts_with_all = ["allocator", "gameservers"])]
     local: bool,
-    /// Gameserver WebSocket URL(s) to target directly (tickets minted with ARENA_TICKET_KEY, or
-    /// the development key). World w goes to the (w mod n)-th URL.
-    #[arg(long = "gameserver", required_unless_present = "local")]
+    /// An existing allocator to get seats from (e.g. http://127.0.0.1:7100).
+    #[arg(long, conflicts_with = "gameservers")]
+    allocator: Option<String>,
+    /// API key for the allocator.
+    #[arg(long, env = "ARENA_API_KEY", default_value = "arena-dev-key")]
+    api_key: String,
+    /// Gameserver WebSocket URL(s) to target directly, without an allocator (tickets minted with
+    /// ARENA_TICKET_KEY, or the development key). World w goes to the (w mod n)-th URL.
+    #[arg(long = "gameserver", required_unless_present_any = ["local", "allocator"])]
     gameservers: Vec<String>,
     /// Server ids matching --gameserver, to bind tickets to them.
     #[arg(long = "server-id")]
@@ -58,6 +65,9 @@ struct Cli {
     /// Path of arena-gameserver for --local.
     #[arg(long)]
     gameserver_bin: Option<PathBuf>,
+    /// Path of arena-allocator for --local.
+    #[arg(long)]
+    allocator_bin: Option<PathBuf>,
     /// Write the report as JSON here (and an SVG chart beside it unless --report-svg is given).
     #[arg(long)]
     report_json: Option<PathBuf>,
@@ -159,33 +169,46 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     std::fs::create_dir_all(&log_dir)?;
 
     let mut local: Vec<LocalProcess> = Vec::new();
-    let mut servers = Vec::new();
     let mut watched = Vec::new();
-    if cli.local {
-        let bin = sibling_binary(cli.gameserver_bin.as_deref(), "arena-gameserver")?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_max_idle_per_host(256)
+        .build()
+        .context("HTTP client")?;
+    let target = if cli.local {
+        let gs_bin = sibling_binary(cli.gameserver_bin.as_deref(), "arena-gameserver")?;
+        let alloc_bin = sibling_binary(cli.allocator_bin.as_deref(), "arena-allocator")?;
+        let (allocator, url) = start_allocator(&alloc_bin, &log_dir).await?;
+        watched.push(Watched::new(allocator.name.clone(), allocator.pid));
+        local.push(allocator);
         let worlds = cli.bots.div_ceil(cli.bots_per_world.max(1));
         let per_server = worlds.div_ceil(cli.servers.max(1)).max(1);
         for i in 0..cli.servers.max(1) {
-            let p = start_gameserver(&bin, i, per_server, &log_dir).await?;
-            servers.push((p.ws, "/ws".to_owned(), Some(p.name.clone())));
+            let p = start_gameserver(&gs_bin, i, per_server, &log_dir, &url).await?;
             watched.push(Watched::new(p.name.clone(), p.pid));
             local.push(p);
         }
-        eprintln!("started {} gameserver(s); logs in {}", local.len(), log_dir.display());
+        wait_registered(&url, &cli.api_key, cli.servers.max(1)).await?;
+        eprintln!("started an allocator and {} gameserver(s); logs in {}", cli.servers.max(1), log_dir.display());
+        Target::Allocator(ViaAllocator { url, key: cli.api_key.clone(), http })
+    } else if let Some(url) = &cli.allocator {
+        Target::Allocator(ViaAllocator { url: url.trim_end_matches('/').to_owned(), key: cli.api_key.clone(), http })
     } else {
+        let mut servers = Vec::new();
         for (i, url) in cli.gameservers.iter().enumerate() {
             let (addr, path) = parse_ws_url(url).map_err(anyhow::Error::msg)?;
             servers.push((addr, path, cli.server_ids.get(i).cloned()));
         }
-        for (i, pid) in cli.server_pids.iter().enumerate() {
-            watched.push(Watched::new(format!("server-{i}"), *pid));
-        }
+        Target::Direct(Direct { servers, key, bots_per_world: cli.bots_per_world })
+    };
+    for (i, pid) in cli.server_pids.iter().enumerate() {
+        watched.push(Watched::new(format!("server-{i}"), *pid));
     }
     let mut me = Watched::new("loadtester".into(), std::process::id());
 
     let stats = Arc::new(Stats::default());
     let swarm = Arc::new(Swarm {
-        target: Target::Direct(Direct { servers, key, bots_per_world: cli.bots_per_world }),
+        target,
         behaviour: Behaviour {
             encoding,
             inputs_per_sec: cli.inputs_per_sec,
@@ -301,7 +324,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     stop_tx.send_replace(true);
     let _ = tokio::time::timeout(Duration::from_secs(15), async { while bots.join_next().await.is_some() {} }).await;
     let run_time = Instant::now() - t0;
-    for p in local {
+    // Gameservers drain first, then the allocator they report to.
+    for p in local.into_iter().rev() {
         p.stop(Duration::from_secs(15)).await;
     }
 

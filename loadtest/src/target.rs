@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arena_sdk::allocator_api::{Allocation, AllocationRequest, ApiError};
 use arena_sdk::ticket::{Grant, TicketKey, mint};
 
 /// A gameserver endpoint and a ticket for it.
@@ -25,9 +26,18 @@ pub struct Direct {
     pub bots_per_world: usize,
 }
 
+/// An allocator hands out seats (the full stack).
+#[derive(Debug, Clone)]
+pub struct ViaAllocator {
+    pub url: String,
+    pub key: String,
+    pub http: reqwest::Client,
+}
+
 #[derive(Debug, Clone)]
 pub enum Target {
     Direct(Direct),
+    Allocator(ViaAllocator),
 }
 
 /// The world and bot names of bot `idx` in a swarm of worlds of `per_world` bots.
@@ -46,8 +56,31 @@ impl Target {
                 let (addr, path, server) = &d.servers[w % d.servers.len()];
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
                 let (ticket, _) =
-                    mint(&d.key, &Grant { server: server.as_deref(), ..Grant::new(&world, &bot) }, 300, now).map_err(|e| format!("mint: {e}"))?;
+                    mint(&d.key, &Grant { server: server.as_deref(), ..Grant::new(&world, &bot) }, 300, now)
+                        .map_err(|e| format!("mint: {e}"))?;
                 Ok(Assignment { addr: *addr, path: path.clone(), world, ticket, took: started.elapsed() })
+            }
+            Target::Allocator(a) => {
+                let started = Instant::now();
+                let (_, _, bot) = names(idx, 1);
+                let req = AllocationRequest { bot_id: bot, ..AllocationRequest::default() };
+                let resp = a
+                    .http
+                    .post(format!("{}/v1/allocations", a.url))
+                    .bearer_auth(&a.key)
+                    .json(&req)
+                    .send()
+                    .await
+                    .map_err(|e| format!("http:{}", if e.is_timeout() { "timeout" } else { "connect" }))?;
+                let status = resp.status();
+                if !status.is_success() {
+                    let code =
+                        resp.json::<ApiError>().await.map(|e| e.error.code).unwrap_or_else(|_| status.to_string());
+                    return Err(format!("refused:{code}"));
+                }
+                let alloc: Allocation = resp.json().await.map_err(|_| "bad_answer".to_owned())?;
+                let (addr, path) = parse_ws_url(&alloc.endpoints.ws)?;
+                Ok(Assignment { addr, path, world: alloc.world_id, ticket: alloc.ticket, took: started.elapsed() })
             }
         }
     }

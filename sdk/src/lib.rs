@@ -10,7 +10,8 @@
 //! - [`limit`]: a token bucket with time passed in;
 //! - [`mirror`]: a sans-IO client session that keeps a local copy of a world;
 //! - [`rng`]: the seeded generator behind the worlds' randomness and clients' jitter;
-//! - [`client`] (feature `client`): an async WebSocket client built on tokio-tungstenite.
+//! - [`client`] (feature `client`): an async WebSocket client built on tokio-tungstenite;
+//! - [`bot`] (feature `client`): a bot that allocates, joins, and resumes or reallocates by itself.
 //!
 //! `docs/protocol.md` describes the same protocol for clients in other languages.
 
@@ -22,6 +23,8 @@ pub mod protocol;
 pub mod rng;
 pub mod ticket;
 
+#[cfg(feature = "client")]
+pub mod bot;
 #[cfg(feature = "client")]
 pub mod client;
 

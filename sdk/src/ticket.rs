@@ -165,7 +165,12 @@ impl<'a> Grant<'a> {
 }
 
 /// Mint a ticket for `grant`, valid for `ttl_secs` from `now_unix`, with a fresh nonce.
-pub fn mint(key: &TicketKey, grant: &Grant<'_>, ttl_secs: u64, now_unix: u64) -> Result<(String, TicketClaims), TicketError> {
+pub fn mint(
+    key: &TicketKey,
+    grant: &Grant<'_>,
+    ttl_secs: u64,
+    now_unix: u64,
+) -> Result<(String, TicketClaims), TicketError> {
     mint_with_nonce(key, grant, ttl_secs, now_unix, new_nonce())
 }
 
@@ -284,7 +289,14 @@ mod tests {
         assert_eq!(v.verify(&forged, 0), Err(TicketError::BadSignature));
         // A changed payload with the old signature.
         let parts: Vec<&str> = t.split('.').collect();
-        let claims = TicketClaims { world: "other".into(), bot: "b".into(), server: None, fence: None, exp: 60, nonce: "n".into() };
+        let claims = TicketClaims {
+            world: "other".into(),
+            bot: "b".into(),
+            server: None,
+            fence: None,
+            exp: 60,
+            nonce: "n".into(),
+        };
         let tampered = format!("v1.k1.{}.{}", B64.encode(serde_json::to_vec(&claims).unwrap()), parts[3]);
         assert_eq!(v.verify(&tampered, 0), Err(TicketError::BadSignature));
         let (unknown, _) = mint(&key("k9"), &Grant::new("w", "b"), 60, 0).unwrap();
@@ -310,7 +322,14 @@ mod tests {
         let k = key("k");
         assert_eq!(mint(&k, &Grant::new("bad world", "b"), 60, 0).unwrap_err(), TicketError::BadClaims);
         assert_eq!(mint(&k, &Grant::new("w", "b"), MAX_TICKET_TTL_SECS + 1, 0).unwrap_err(), TicketError::TooLong);
-        let claims = TicketClaims { world: "w".into(), bot: "b".into(), server: None, fence: None, exp: 10_000, nonce: "n".into() };
+        let claims = TicketClaims {
+            world: "w".into(),
+            bot: "b".into(),
+            server: None,
+            fence: None,
+            exp: 10_000,
+            nonce: "n".into(),
+        };
         let t = sign(&k, &claims);
         assert_eq!(TicketVerifier::new(vec![k]).verify(&t, 0), Err(TicketError::TooLong));
     }

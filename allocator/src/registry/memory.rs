@@ -55,7 +55,8 @@ impl State {
 
     fn place(&mut self, world: &str, server: &str, now_ms: u64) -> u64 {
         self.fence += 1;
-        self.placements.insert(world.to_owned(), Placement { server: server.to_owned(), fence: self.fence, placed_ms: now_ms });
+        self.placements
+            .insert(world.to_owned(), Placement { server: server.to_owned(), fence: self.fence, placed_ms: now_ms });
         self.server_worlds.entry(server.to_owned()).or_default().insert(world.to_owned());
         self.occupancy.insert(world.to_owned(), 0);
         self.fence
@@ -195,7 +196,8 @@ impl Registry for MemoryRegistry {
 
     async fn purge(&self, before_ms: u64) -> Result<usize, RegistryError> {
         let mut st = self.state.lock();
-        let gone: Vec<String> = st.servers.values().filter(|s| s.last_seen_ms < before_ms).map(|s| s.id.clone()).collect();
+        let gone: Vec<String> =
+            st.servers.values().filter(|s| s.last_seen_ms < before_ms).map(|s| s.id.clone()).collect();
         for id in &gone {
             st.servers.remove(id);
             st.server_worlds.remove(id);

@@ -85,7 +85,10 @@ pub enum Conflict {
     /// The world is no longer placed there with that fence.
     WorldMoved,
     /// The world to place is live on another server.
-    LiveElsewhere { server: String, fence: u64 },
+    LiveElsewhere {
+        server: String,
+        fence: u64,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,7 +116,8 @@ pub trait Registry: Send + Sync + 'static {
     fn snapshot(&self, now_ms: u64) -> impl Future<Output = Result<Snapshot, RegistryError>> + Send;
 
     /// Where `world` is placed now, with its seats in use.
-    fn locate(&self, world: &str, now_ms: u64) -> impl Future<Output = Result<Option<WorldView>, RegistryError>> + Send;
+    fn locate(&self, world: &str, now_ms: u64)
+    -> impl Future<Output = Result<Option<WorldView>, RegistryError>> + Send;
 
     /// Forget servers not heard from since `before_ms`.
     fn purge(&self, before_ms: u64) -> impl Future<Output = Result<usize, RegistryError>> + Send;

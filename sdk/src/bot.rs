@@ -1,0 +1,495 @@
+//! A bot that takes care of itself: it asks the allocator for a seat, connects, joins, keeps a
+//! mirror of its world, and when the connection drops it resumes its seat — or, when the seat is
+//! gone, allocates afresh — with exponential backoff and jitter.
+//!
+//! ```no_run
+//! use arena_sdk::bot::{Bot, BotEvent, BotOptions};
+//!
+//! # async fn run() -> Result<(), arena_sdk::bot::BotError> {
+//! let mut bot = Bot::connect("http://127.0.0.1:7100", BotOptions::new("my-bot", "arena-dev-key")).await?;
+//! bot.say("hello, world").await?;
+//! while let Some(event) = bot.next_event().await {
+//!     if let BotEvent::Update(update) = event {
+//!         if let Some(me) = bot.with_world(|w| w.bot(w.me()).cloned()).flatten() {
+//!             bot.move_to(1000.0 - me.x, 1000.0 - me.y).await?;
+//!         }
+//!         let _ = update;
+//!     }
+//! }
+//! bot.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::allocator_api::{Allocation, AllocationRequest, ApiError, Scheduling};
+use crate::client::{Client, ClientError};
+use crate::codec::Encoding;
+use crate::mirror::{Mirror, SessionEvent};
+use crate::protocol::{Act, BotId, Command, ErrorMsg, Move, ServerMsg, Update, close};
+use crate::rng::SplitMix64;
+
+/// How long to wait between reconnection attempts: `initial`, doubling up to `max`, each wait
+/// scaled by a random factor in `[1 - jitter, 1 + jitter]` so that a fleet of bots that lost the
+/// same server does not come back in lockstep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), jitter: 0.5 }
+    }
+}
+
+impl Backoff {
+    /// The wait before attempt `n` (0 is the first retry), given a uniform sample `u` in `[0, 1)`.
+    pub fn delay(&self, n: u32, u: f64) -> Duration {
+        let base = self.initial.saturating_mul(1u32 << n.min(20)).min(self.max);
+        let factor = 1.0 - self.jitter + 2.0 * self.jitter * u.clamp(0.0, 1.0);
+        base.mul_f64(factor.max(0.0))
+    }
+}
+
+/// Everything [`Bot::connect`] needs besides the allocator's URL.
+#[derive(Debug, Clone)]
+pub struct BotOptions {
+    /// The bot's identity (1–64 of `A-Z a-z 0-9 _ . : -`).
+    pub bot_id: String,
+    /// The allocator API key.
+    pub api_key: String,
+    /// Regions in order of preference (empty: any).
+    pub regions: Vec<String>,
+    /// The bot's own world, if it has one.
+    pub world_id: Option<String>,
+    pub scheduling: Scheduling,
+    pub encoding: Encoding,
+    pub backoff: Backoff,
+    /// Give up after this many failed attempts in a row (`None`: never).
+    pub max_attempts: Option<u32>,
+    /// Limit for each allocation request, connection and join.
+    pub timeout: Duration,
+}
+
+impl BotOptions {
+    pub fn new(bot_id: impl Into<String>, api_key: impl Into<String>) -> Self {
+        BotOptions {
+            bot_id: bot_id.into(),
+            api_key: api_key.into(),
+            regions: Vec::new(),
+            world_id: None,
+            scheduling: Scheduling::Packed,
+            encoding: Encoding::MsgPack,
+            backoff: Backoff::default(),
+            max_attempts: Some(20),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where the bot is playing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seat {
+    pub world_id: String,
+    pub bot: BotId,
+    pub server_id: String,
+    pub region: String,
+    /// True when the seat was resumed rather than newly allocated.
+    pub resumed: bool,
+}
+
+/// What happened, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BotEvent {
+    /// Seated (first join, resume, or a fresh allocation after losing the seat).
+    Joined(Seat),
+    /// A tick of the world, already applied to the mirror.
+    Update(Update),
+    /// The mirror was replaced by a fresh snapshot.
+    Resynced,
+    /// The server refused something the bot sent.
+    Error(ErrorMsg),
+    /// The connection dropped; the bot is getting its seat back.
+    Reconnecting { attempt: u32, reason: String },
+    /// The caller did not read events fast enough; this many were dropped.
+    Lagged(u64),
+    /// The bot stopped: shut down, replaced by another connection, or out of attempts.
+    Stopped { reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BotError {
+    #[error("allocation refused: {} ({})", .0.error.message, .0.error.code)]
+    Refused(ApiError),
+    #[error("allocator unreachable: {0}")]
+    Http(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("not connected at the moment (reconnecting)")]
+    NotConnected,
+    #[error("the bot has stopped")]
+    Stopped,
+}
+
+enum Request {
+    Input(Command, oneshot::Sender<Result<u32, BotError>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+const EVENT_BUFFER: usize = 1024;
+/// Resume attempts before asking the allocator for a seat again.
+const RESUME_ATTEMPTS: u32 = 3;
+
+/// A connected bot. Dropping it stops it (without the goodbye that [`Bot::shutdown`] sends).
+#[derive(Debug)]
+pub struct Bot {
+    requests: mpsc::Sender<Request>,
+    events: mpsc::Receiver<BotEvent>,
+    mirror: Arc<Mutex<Option<Mirror>>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Bot {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Bot {
+    /// Allocate a seat through the allocator at `allocator_url`, connect and join. Returns once
+    /// seated; the first event is the [`BotEvent::Joined`].
+    pub async fn connect(allocator_url: &str, options: BotOptions) -> Result<Bot, BotError> {
+        let http =
+            reqwest::Client::builder().timeout(options.timeout).build().map_err(|e| BotError::Http(e.to_string()))?;
+        let mut driver = Driver {
+            allocator: allocator_url.trim_end_matches('/').to_owned(),
+            http,
+            options,
+            mirror: Arc::new(Mutex::new(None)),
+            rng: SplitMix64::new(seed()),
+            endpoint: None,
+            token: None,
+            events_dropped: 0,
+        };
+        let (client, seat) = driver.allocate_and_join().await?;
+        let (req_tx, req_rx) = mpsc::channel(64);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
+        let mirror = Arc::clone(&driver.mirror);
+        let _ = ev_tx.try_send(BotEvent::Joined(seat));
+        let task = tokio::spawn(driver.run(client, req_rx, ev_tx));
+        Ok(Bot { requests: req_tx, events: ev_rx, mirror, task: Some(task) })
+    }
+
+    /// The next event; `None` once the bot has stopped and every event was read.
+    pub async fn next_event(&mut self) -> Option<BotEvent> {
+        self.events.recv().await
+    }
+
+    /// Look at the world as the bot last saw it (`None` before the first join).
+    pub fn with_world<T>(&self, f: impl FnOnce(&Mirror) -> T) -> Option<T> {
+        self.mirror.lock().ok()?.as_ref().map(f)
+    }
+
+    async fn input(&self, command: Command) -> Result<u32, BotError> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.send(Request::Input(command, tx)).await.map_err(|_| BotError::Stopped)?;
+        rx.await.map_err(|_| BotError::Stopped)?
+    }
+
+    /// Walk to `(x, y)`; returns the input's `seq`.
+    pub async fn move_to(&self, x: f32, y: f32) -> Result<u32, BotError> {
+        self.input(Command::Move(Move::To([x, y]))).await
+    }
+
+    /// Walk by `(dx, dy)` from where the bot stands.
+    pub async fn move_by(&self, dx: f32, dy: f32) -> Result<u32, BotError> {
+        self.input(Command::Move(Move::By([dx, dy]))).await
+    }
+
+    /// Say something to the world.
+    pub async fn say(&self, text: impl Into<String>) -> Result<u32, BotError> {
+        self.input(Command::Say(text.into())).await
+    }
+
+    /// Emote (no target) or interact with another bot.
+    pub async fn act(&self, action: impl Into<String>, target: Option<BotId>) -> Result<u32, BotError> {
+        self.input(Command::Act(Act { action: action.into(), target })).await
+    }
+
+    /// Leave the world (close 1000: the seat is freed at once) and stop.
+    pub async fn shutdown(mut self) {
+        let (tx, rx) = oneshot::channel();
+        if self.requests.send(Request::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+fn seed() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// The task behind a [`Bot`]: owns the connection and reconnects.
+struct Driver {
+    allocator: String,
+    http: reqwest::Client,
+    options: BotOptions,
+    mirror: Arc<Mutex<Option<Mirror>>>,
+    rng: SplitMix64,
+    /// The server of the current seat, for resuming.
+    endpoint: Option<(String, Seat)>,
+    token: Option<String>,
+    events_dropped: u64,
+}
+
+/// Why a connection ended, and what that means for the seat.
+enum Lost {
+    /// Try to resume the seat.
+    Resume(String),
+    /// The seat is gone: allocate again.
+    Reallocate(String),
+    /// Stop for good.
+    Stop(String),
+}
+
+fn classify(e: &ClientError) -> Lost {
+    match e {
+        ClientError::Closed { code, reason } => match *code {
+            close::REPLACED => Lost::Stop(format!("another connection took the seat: {reason}")),
+            close::POLICY_VIOLATION => Lost::Stop(format!("closed for protocol violations: {reason}")),
+            close::GOING_AWAY | close::WORLD_MOVED | close::JOIN_REFUSED => {
+                Lost::Reallocate(format!("closed {code}: {reason}"))
+            }
+            _ => Lost::Resume(format!("closed {code}: {reason}")),
+        },
+        other => Lost::Resume(other.to_string()),
+    }
+}
+
+impl Driver {
+    fn emit(&mut self, tx: &mpsc::Sender<BotEvent>, event: BotEvent) {
+        if self.events_dropped > 0 && tx.try_send(BotEvent::Lagged(self.events_dropped)).is_ok() {
+            self.events_dropped = 0;
+        }
+        if tx.try_send(event).is_err() {
+            self.events_dropped += 1;
+        }
+    }
+
+    fn set_mirror(&self, client: &Client) {
+        if let Ok(mut m) = self.mirror.lock() {
+            *m = client.mirror().cloned();
+        }
+    }
+
+    async fn allocate(&self) -> Result<Allocation, BotError> {
+        let req = AllocationRequest {
+            bot_id: self.options.bot_id.clone(),
+            regions: self.options.regions.clone(),
+            world_id: self.options.world_id.clone(),
+            scheduling: self.options.scheduling,
+            ..AllocationRequest::default()
+        };
+        let resp = self
+            .http
+            .post(format!("{}/v1/allocations", self.allocator))
+            .bearer_auth(&self.options.api_key)
+            .json(&req)
+            .send()
+            .await
+            .map_err(|e| BotError::Http(e.to_string()))?;
+        if resp.status().is_success() {
+            resp.json().await.map_err(|e| BotError::Http(e.to_string()))
+        } else {
+            let status = resp.status();
+            match resp.json::<ApiError>().await {
+                Ok(e) => Err(BotError::Refused(e)),
+                Err(_) => Err(BotError::Http(format!("allocator answered {status}"))),
+            }
+        }
+    }
+
+    async fn allocate_and_join(&mut self) -> Result<(Client, Seat), BotError> {
+        let a = self.allocate().await?;
+        let timeout = self.options.timeout;
+        let mut client = tokio::time::timeout(timeout, Client::connect(&a.endpoints.ws, self.options.encoding))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
+        let w = tokio::time::timeout(timeout, client.join(&a.ticket, Some(&a.world_id)))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
+        let seat = Seat { world_id: a.world_id, bot: w.bot, server_id: a.server_id, region: a.region, resumed: false };
+        self.token = Some(w.resume_token);
+        self.endpoint = Some((a.endpoints.ws, seat.clone()));
+        self.set_mirror(&client);
+        Ok((client, seat))
+    }
+
+    async fn resume(&mut self, token: &str) -> Result<(Client, Seat), ClientError> {
+        let Some((ws, seat)) = self.endpoint.clone() else {
+            return Err(ClientError::Url("no endpoint to resume on".into()));
+        };
+        let timeout = self.options.timeout;
+        let mut client = tokio::time::timeout(timeout, Client::connect(&ws, self.options.encoding))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
+        let w =
+            tokio::time::timeout(timeout, client.resume(token)).await.map_err(|_| ClientError::Timeout(timeout))??;
+        self.token = Some(w.resume_token);
+        self.set_mirror(&client);
+        Ok((client, Seat { bot: w.bot, resumed: true, ..seat }))
+    }
+
+    /// Get a seat back: resume while the seat may exist, allocate afresh once it is gone.
+    async fn reconnect(&mut self, mut lost: Lost, events: &mpsc::Sender<BotEvent>) -> Option<Client> {
+        let mut attempt = 0u32;
+        let mut resumes = 0u32;
+        loop {
+            // A server that cannot be reached a few times in a row may be gone for good: ask the
+            // allocator, which places the world elsewhere once the server stops reporting.
+            if let Lost::Resume(r) = &lost
+                && resumes >= RESUME_ATTEMPTS
+            {
+                lost = Lost::Reallocate(format!("{r} (resume failed {resumes} times)"));
+            }
+            let reason = match &lost {
+                Lost::Stop(reason) => {
+                    self.emit(events, BotEvent::Stopped { reason: reason.clone() });
+                    return None;
+                }
+                Lost::Resume(r) | Lost::Reallocate(r) => r.clone(),
+            };
+            if let Some(max) = self.options.max_attempts
+                && attempt >= max
+            {
+                self.emit(events, BotEvent::Stopped { reason: format!("gave up after {attempt} attempts: {reason}") });
+                return None;
+            }
+            self.emit(events, BotEvent::Reconnecting { attempt, reason });
+            if attempt > 0 {
+                let wait = self.options.backoff.delay(attempt - 1, self.rng.next_f64());
+                tokio::time::sleep(wait).await;
+            }
+            attempt += 1;
+            let outcome = match (&lost, self.token.clone()) {
+                (Lost::Resume(_), Some(token)) => {
+                    resumes += 1;
+                    match self.resume(&token).await {
+                        Ok(ok) => Ok(ok),
+                        Err(ClientError::Refused(e)) => {
+                            // The seat is gone, or its server is draining: allocate afresh.
+                            self.token = None;
+                            Err(Lost::Reallocate(format!("resume refused: {}", e.message)))
+                        }
+                        Err(e) => Err(classify(&e)),
+                    }
+                }
+                _ => self.allocate_and_join().await.map_err(|e| match e {
+                    BotError::Client(c) => classify_retry(c),
+                    other => Lost::Reallocate(other.to_string()),
+                }),
+            };
+            match outcome {
+                Ok((client, seat)) => {
+                    self.emit(events, BotEvent::Joined(seat));
+                    return Some(client);
+                }
+                Err(next) => lost = next,
+            }
+        }
+    }
+
+    async fn run(mut self, mut client: Client, mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<BotEvent>) {
+        loop {
+            tokio::select! {
+                req = requests.recv() => match req {
+                    Some(Request::Input(command, reply)) => {
+                        let r = client.input(command).await.map_err(BotError::from);
+                        let failed = r.is_err();
+                        let _ = reply.send(r);
+                        if failed {
+                            let Some(c) = self.reconnect(Lost::Resume("send failed".into()), &events).await else { return };
+                            client = c;
+                        }
+                    }
+                    Some(Request::Shutdown(done)) => {
+                        let _ = client.leave().await;
+                        self.emit(&events, BotEvent::Stopped { reason: "shut down".into() });
+                        let _ = done.send(());
+                        return;
+                    }
+                    // The Bot was dropped.
+                    None => return,
+                },
+                received = client.recv() => match received {
+                    Ok(r) => {
+                        let event = match (r.msg, r.event) {
+                            (ServerMsg::Update(u), SessionEvent::Updated) => Some(BotEvent::Update(u)),
+                            (_, SessionEvent::Resynced | SessionEvent::Welcomed) => Some(BotEvent::Resynced),
+                            (ServerMsg::Error(e), _) => Some(BotEvent::Error(e)),
+                            _ => None,
+                        };
+                        self.set_mirror(&client);
+                        if let Some(e) = event {
+                            self.emit(&events, e);
+                        }
+                    }
+                    Err(e) => {
+                        let Some(c) = self.reconnect(classify(&e), &events).await else { return };
+                        client = c;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// A failed join after a fresh allocation: try again with another allocation unless told to stop.
+fn classify_retry(e: ClientError) -> Lost {
+    match classify(&e) {
+        Lost::Stop(r) => Lost::Stop(r),
+        Lost::Resume(r) | Lost::Reallocate(r) => Lost::Reallocate(r),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_with_jitter() {
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), jitter: 0.5 };
+        assert_eq!(b.delay(0, 0.5), Duration::from_millis(100));
+        assert_eq!(b.delay(1, 0.5), Duration::from_millis(200));
+        assert_eq!(b.delay(3, 0.5), Duration::from_millis(800));
+        assert_eq!(b.delay(4, 0.5), Duration::from_secs(1), "capped");
+        assert_eq!(b.delay(40, 0.5), Duration::from_secs(1), "no overflow");
+        assert_eq!(b.delay(0, 0.0), Duration::from_millis(50));
+        assert!(b.delay(0, 0.999_999) < Duration::from_millis(150));
+    }
+
+    #[test]
+    fn close_codes_decide_what_comes_next() {
+        let closed = |code| ClientError::Closed { code, reason: String::new() };
+        assert!(matches!(classify(&closed(close::REPLACED)), Lost::Stop(_)));
+        assert!(matches!(classify(&closed(close::GOING_AWAY)), Lost::Reallocate(_)));
+        assert!(matches!(classify(&closed(close::WORLD_MOVED)), Lost::Reallocate(_)));
+        assert!(matches!(classify(&closed(close::SLOW_CONSUMER)), Lost::Resume(_)));
+        assert!(matches!(classify(&closed(1006)), Lost::Resume(_)));
+    }
+}
