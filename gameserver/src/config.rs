@@ -6,6 +6,7 @@ use std::time::Duration;
 use arena_sdk::ticket::TicketKey;
 
 use crate::heartbeat::AllocatorLink;
+use crate::persist::PersistConfig;
 use crate::session::SessionLimits;
 use crate::world::WorldConfig;
 
@@ -52,6 +53,8 @@ pub struct ServerConfig {
     pub listen_backlog: u32,
     /// The allocator to report to; none in standalone use.
     pub allocator: Option<AllocatorLink>,
+    /// Durable state; nothing configured keeps worlds in memory only.
+    pub persist: PersistConfig,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +83,7 @@ impl Default for ServerConfig {
             max_used_tickets: 500_000,
             listen_backlog: 4096,
             allocator: None,
+            persist: PersistConfig::default(),
         }
     }
 }

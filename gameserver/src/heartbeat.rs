@@ -87,3 +87,23 @@ pub async fn run(host: Arc<Host>, link: AllocatorLink, ws_url: String, mut stop:
         }
     }
 }
+
+/// Tell the allocator this server is gone: draining, holding no world, so its worlds can be
+/// placed elsewhere at once (their final snapshots are written by now).
+pub async fn send_farewell(host: &Host, link: &AllocatorLink) {
+    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(2)).build() else { return };
+    let cfg = host.config();
+    let hb = Heartbeat {
+        server_id: cfg.server_id.clone(),
+        region: link.region.clone(),
+        endpoints: Endpoints { ws: link.public_ws_url.clone().unwrap_or_else(|| format!("ws://{}/ws", cfg.ws_addr)) },
+        state: ServerState::Draining,
+        max_worlds: cfg.max_worlds as u32,
+        world_capacity: cfg.world.capacity as u32,
+        worlds: Vec::new(),
+    };
+    let url = format!("{}/v1/servers/heartbeat", link.url.trim_end_matches('/'));
+    if let Err(e) = client.post(url).bearer_auth(&link.server_key).json(&hb).send().await {
+        tracing::warn!(error = %e, "could not tell the allocator this server is gone");
+    }
+}

@@ -14,13 +14,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arena_sdk::Encoding;
 use arena_sdk::allocator_api::{HeartbeatReply, WorldReport};
 use arena_sdk::codec::{ack_bytes, encode_update};
-use arena_sdk::protocol::{BotId, Command, ErrorCode, ErrorMsg, ServerMsg, close};
+use arena_sdk::protocol::{BotId, Command, ErrorCode, ErrorMsg, ServerMsg, Tick, close};
 use arena_sdk::ticket::{TicketClaims, TicketError, TicketVerifier, new_nonce};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::persist::Persist;
+use crate::persist::activity::{Record, records_of_tick};
+use crate::persist::snapshots::Encoded;
 use crate::room::{LagAction, QueuedInput, Room, RoomConfig};
 use crate::world::{World, WorldConfig};
 use crate::ws::conn::{Conn, Delivery};
@@ -72,12 +75,19 @@ pub struct Joined {
 
 struct RoomState {
     room: Room<Arc<Conn>>,
+    /// Its saved state (if any) was loaded: it may tick and take bots.
+    loaded: bool,
     /// Unloaded: joins that still hold this cell must look again.
     closed: bool,
     /// The world's placement generation (fencing token), from tickets and the registry; 0 unknown.
     fence: u64,
     /// Ticket nonces (allocator reservations) used to join since the last report.
     joined: Vec<String>,
+    /// The last tick saved to Redis and to PostgreSQL.
+    saved_hot: Tick,
+    saved_durable: Tick,
+    /// Open sessions (activity log) by bot.
+    sessions: HashMap<BotId, String>,
 }
 
 /// Most joins remembered between two reports; beyond, reservations simply expire.
@@ -89,6 +99,8 @@ pub struct RoomCell {
     inbox: Mutex<Vec<QueuedInput>>,
     inbox_cap: usize,
     state: Mutex<RoomState>,
+    /// Loading its saved state happens once, by the first join; later joins wait for it.
+    loader: tokio::sync::OnceCell<Result<(), ErrorMsg>>,
 }
 
 impl std::fmt::Debug for RoomCell {
@@ -187,6 +199,10 @@ pub struct Host {
     room_config: RoomConfig,
     idle_unload_ticks: u64,
     drain: watch::Sender<bool>,
+    persist: Option<Arc<Persist>>,
+    /// Start time (Unix ms) and a counter: session ids unique across restarts.
+    boot_ms: u64,
+    sessions: AtomicU64,
 }
 
 impl std::fmt::Debug for Host {
@@ -196,7 +212,7 @@ impl std::fmt::Debug for Host {
 }
 
 impl Host {
-    pub fn new(cfg: ServerConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(cfg: ServerConfig, metrics: Arc<Metrics>, persist: Option<Arc<Persist>>) -> Arc<Self> {
         let shards = (0..cfg.shards.max(1)).map(|_| Mutex::new(Vec::new())).collect();
         metrics.world_capacity.set(cfg.max_worlds as i64);
         Arc::new(Host {
@@ -216,6 +232,9 @@ impl Host {
             next_conn_id: AtomicU64::new(1),
             epoch: Instant::now(),
             drain: watch::Sender::new(false),
+            persist,
+            boot_ms: unix_now_ms(),
+            sessions: AtomicU64::new(0),
         })
     }
 
@@ -306,14 +325,16 @@ impl Host {
         format!("{world}.{}", new_nonce())
     }
 
-    /// Seat the ticket's bot in its world (created if needed) and send the welcome.
-    pub fn join(&self, claims: &TicketClaims, conn: &Arc<Conn>) -> Result<Joined, ErrorMsg> {
+    /// Seat the ticket's bot in its world (created, and its saved state loaded, if needed) and
+    /// send the welcome.
+    pub async fn join(&self, claims: &TicketClaims, conn: &Arc<Conn>) -> Result<Joined, ErrorMsg> {
         if self.lifecycle() != Lifecycle::Ready {
             return Err(err(ErrorCode::Draining, "server is not taking players"));
         }
         // A world being unloaded at this very moment is created afresh on the next try.
         for _ in 0..3 {
             let cell = self.room_for(&claims.world)?;
+            self.ensure_loaded(&cell, claims.fence.unwrap_or(0)).await?;
             let mut st = cell.state.lock();
             if st.closed {
                 continue;
@@ -332,9 +353,80 @@ impl Host {
             if st.joined.len() < MAX_JOINED_UNREPORTED {
                 st.joined.push(claims.nonce.clone());
             }
+            self.open_session(&cell, &mut st, seated.bot, &claims.bot);
             return Ok(self.welcome(&cell, &st, seated.bot, conn));
         }
         Err(err(ErrorCode::ServerFull, "world is being unloaded; retry"))
+    }
+
+    /// Load the world's saved state once, before its first bot takes a seat.
+    async fn ensure_loaded(&self, cell: &Arc<RoomCell>, fence: u64) -> Result<(), ErrorMsg> {
+        let Some(persist) = &self.persist else { return Ok(()) };
+        let result = cell.loader.get_or_init(|| self.load_world(persist, cell, fence)).await;
+        if let Err(e) = result {
+            // Forget the cell: the next join tries again.
+            cell.state.lock().closed = true;
+            let mut rooms = self.rooms.lock();
+            if rooms.get(&cell.world_id).is_some_and(|c| Arc::ptr_eq(c, cell)) {
+                rooms.remove(&cell.world_id);
+            }
+            self.metrics.live_worlds.set(rooms.len() as i64);
+            return Err(e.clone());
+        }
+        Ok(())
+    }
+
+    async fn load_world(&self, persist: &Persist, cell: &Arc<RoomCell>, fence: u64) -> Result<(), ErrorMsg> {
+        let world = cell.world_id.as_ref();
+        let unavailable = |e: String| {
+            tracing::error!(world, error = %e, "cannot load the world's saved state");
+            err(ErrorCode::Unavailable, "the world's saved state cannot be loaded right now; retry shortly")
+        };
+        let owned = persist.claim(world, fence).await.map_err(|e| unavailable(e.to_string()))?;
+        if !owned {
+            return Err(err(ErrorCode::TicketWrongServer, "the world was placed on another server; allocate again"));
+        }
+        let saved = persist.load(world).await.map_err(|e| unavailable(e.to_string()))?;
+        let mut st = cell.state.lock();
+        if let Some(saved) = saved {
+            let world_cfg = WorldConfig { tick_hz: self.cfg.tick_hz, ..self.cfg.world.clone() };
+            let tick = saved.world.tick();
+            tracing::info!(world, tick, bots = saved.seats.len(), "world restored from its snapshot");
+            st.room = Room::restore(world_cfg, self.room_config, saved, || Self::new_resume_token(world));
+            st.saved_hot = tick;
+            st.saved_durable = tick;
+        }
+        st.fence = st.fence.max(fence);
+        st.loaded = true;
+        Ok(())
+    }
+
+    /// Start a session (activity log) for a bot that took a seat without one on this server.
+    fn open_session(&self, cell: &RoomCell, st: &mut RoomState, bot: BotId, name: &str) {
+        let Some(log) = self.persist.as_ref().and_then(|p| p.activity.as_ref()) else { return };
+        if st.sessions.contains_key(&bot) {
+            return;
+        }
+        let id = format!("{}:{}:{}", self.cfg.server_id, self.boot_ms, self.sessions.fetch_add(1, Ordering::Relaxed));
+        st.sessions.insert(bot, id.clone());
+        log.push(Record::SessionStart {
+            id,
+            bot: name.to_owned(),
+            world: Arc::clone(&cell.world_id),
+            at_ms: unix_now_ms(),
+        });
+    }
+
+    /// End the sessions of `bots` (or of every seat when `None`).
+    fn close_sessions(&self, st: &mut RoomState, bots: Option<&[BotId]>, at_ms: u64) {
+        let Some(log) = self.persist.as_ref().and_then(|p| p.activity.as_ref()) else { return };
+        let ended: Vec<String> = match bots {
+            Some(ids) => ids.iter().filter_map(|b| st.sessions.remove(b)).collect(),
+            None => st.sessions.drain().map(|(_, id)| id).collect(),
+        };
+        for id in ended {
+            log.push(Record::SessionEnd { id, at_ms });
+        }
     }
 
     /// Take back a kept seat with a resume token and send the welcome.
@@ -354,6 +446,8 @@ impl Host {
         if let Some(old) = seated.replaced {
             old.close(close::REPLACED, "the seat was resumed by a newer connection");
         }
+        let name = st.room.seat(seated.bot).map(|s| s.name.clone()).unwrap_or_default();
+        self.open_session(&cell, &mut st, seated.bot, &name);
         Ok(self.welcome(&cell, &st, seated.bot, conn))
     }
 
@@ -385,7 +479,17 @@ impl Host {
             world_id: Arc::from(world),
             inbox: Mutex::new(Vec::new()),
             inbox_cap: self.cfg.input_queue,
-            state: Mutex::new(RoomState { room, closed: false, fence: 0, joined: Vec::new() }),
+            state: Mutex::new(RoomState {
+                room,
+                loaded: self.persist.is_none(),
+                closed: false,
+                fence: 0,
+                joined: Vec::new(),
+                saved_hot: 0,
+                saved_durable: 0,
+                sessions: HashMap::new(),
+            }),
+            loader: tokio::sync::OnceCell::new(),
         });
         rooms.insert(Arc::clone(&cell.world_id), Arc::clone(&cell));
         self.metrics.live_worlds.set(rooms.len() as i64);
@@ -401,8 +505,9 @@ impl Host {
         let cells: Vec<Arc<RoomCell>> = self.shards[idx].lock().clone();
         let mut stats = TickStats::default();
         let mut unloaded: Vec<&Arc<RoomCell>> = Vec::new();
+        let at_ms = unix_now_ms();
         for cell in &cells {
-            if self.tick_room(cell, scratch, &mut stats) {
+            if self.tick_room(cell, scratch, &mut stats, at_ms) {
                 unloaded.push(cell);
             }
         }
@@ -429,16 +534,29 @@ impl Host {
     }
 
     /// One tick of one world; true when the world was unloaded.
-    fn tick_room(&self, cell: &RoomCell, scratch: &mut TickScratch, stats: &mut TickStats) -> bool {
+    fn tick_room(&self, cell: &RoomCell, scratch: &mut TickScratch, stats: &mut TickStats, at_ms: u64) -> bool {
         let mut guard = cell.state.lock();
         let st = &mut *guard;
         if st.closed {
             return true;
         }
+        if !st.loaded {
+            return false;
+        }
         std::mem::swap(&mut *cell.inbox.lock(), &mut scratch.inputs);
         stats.inputs += scratch.inputs.len() as i64;
         st.room.run_tick(&scratch.inputs);
         scratch.inputs.clear();
+        if let Some(log) = self.persist.as_ref().and_then(|p| p.activity.as_ref()) {
+            let world = st.room.world();
+            for r in records_of_tick(&cell.world_id, st.room.changes(), |id| world.bot(id).map(|b| b.name.clone()), at_ms, log) {
+                log.push(r);
+            }
+            if !st.room.changes().removed.is_empty() {
+                let removed = st.room.changes().removed.clone();
+                self.close_sessions(st, Some(&removed), at_ms);
+            }
+        }
 
         let room = &st.room;
         let mut encoded = [false; 2];
@@ -523,6 +641,9 @@ impl Host {
         }
         self.metrics.seats.set(seats as i64);
         self.metrics.connected_bots.set(connected as i64);
+        if let Some(log) = self.persist.as_ref().and_then(|p| p.activity.as_ref()) {
+            self.metrics.activity_queued.set(log.queued() as i64);
+        }
     }
 
     /// What the registry should know of each live world; takes the joins since the last call.
@@ -568,6 +689,7 @@ impl Host {
         for conn in st.room.evict_all() {
             conn.close(close::WORLD_MOVED, reason);
         }
+        self.close_sessions(&mut st, None, unix_now_ms());
         let mut rooms = self.rooms.lock();
         if rooms.get(world).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             rooms.remove(world);
@@ -580,6 +702,66 @@ impl Host {
     pub fn fence_of(&self, world: &str) -> u64 {
         let cell = self.rooms.lock().get(world).cloned();
         cell.map_or(0, |c| c.state.lock().fence)
+    }
+
+    /// Encode the worlds to save: those whose tick moved since their last save to `store`
+    /// (every loaded world when `all`).
+    pub fn worlds_to_save(&self, store: Store, all: bool) -> Vec<Encoded> {
+        let cells: Vec<Arc<RoomCell>> = self.rooms.lock().values().cloned().collect();
+        let mut out = Vec::with_capacity(cells.len());
+        for cell in cells {
+            let (saved, fence) = {
+                let st = cell.state.lock();
+                let last = match store {
+                    Store::Hot => st.saved_hot,
+                    Store::Durable => st.saved_durable,
+                };
+                if st.closed || !st.loaded || (!all && st.room.tick() == last) {
+                    continue;
+                }
+                (st.room.save(), st.fence)
+            };
+            match Encoded::new(&cell.world_id, fence, &saved) {
+                Ok(e) => out.push(e),
+                Err(error) => tracing::error!(world = %cell.world_id, %error, "could not encode a snapshot"),
+            }
+        }
+        out
+    }
+
+    /// Note what a store accepted; let go of worlds it refused (a newer placement holds them).
+    pub fn saved(&self, store: Store, batch: &[Encoded], refused: &[String]) {
+        for e in batch {
+            if refused.contains(&e.world) {
+                continue;
+            }
+            let cell = self.rooms.lock().get(e.world.as_str()).cloned();
+            if let Some(cell) = cell {
+                let mut st = cell.state.lock();
+                match store {
+                    Store::Hot => st.saved_hot = st.saved_hot.max(e.tick),
+                    Store::Durable => st.saved_durable = st.saved_durable.max(e.tick),
+                }
+            }
+        }
+        for world in refused {
+            self.metrics.snapshots_refused.inc();
+            self.evict(world, "a newer placement of the world exists");
+        }
+    }
+
+    /// End every open session (the server is going away; the bots continue elsewhere).
+    pub fn close_all_sessions(&self) {
+        let cells: Vec<Arc<RoomCell>> = self.rooms.lock().values().cloned().collect();
+        let at = unix_now_ms();
+        for cell in cells {
+            let mut st = cell.state.lock();
+            self.close_sessions(&mut st, None, at);
+        }
+    }
+
+    pub fn persist(&self) -> Option<&Arc<Persist>> {
+        self.persist.as_ref()
     }
 
     /// Begin draining: refuse new sessions and tell every connection to close with "going away".
@@ -626,4 +808,18 @@ fn encode_frame(enc: Encoding, room: &Room<Arc<Conn>>, scratch: &mut TickScratch
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where a snapshot goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// Redis, every second.
+    Hot,
+    /// PostgreSQL, periodically and on drain.
+    Durable,
 }

@@ -8,6 +8,7 @@
 //! - [`session`]: one connection's protocol state (limits, sequence numbers, violations);
 //! - [`host`]: all worlds of the process, the fixed tick, joins and resumes;
 //! - [`ws`]: the WebSocket transport; [`http`]: health, readiness and metrics;
+//! - [`persist`]: activity log and world snapshots (PostgreSQL, Redis);
 //! - [`heartbeat`]: reporting to the allocator;
 //! - [`server`]: wiring and the graceful drain.
 
@@ -16,6 +17,7 @@ pub mod heartbeat;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod persist;
 pub mod room;
 pub mod server;
 pub mod session;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arena_gameserver::heartbeat::AllocatorLink;
+use arena_gameserver::persist::PersistConfig;
 use arena_gameserver::world::WorldConfig;
 use arena_gameserver::{Server, ServerConfig};
 use arena_sdk::ticket::{Grant, TicketKey, mint};
@@ -27,6 +28,12 @@ enum Command {
     Serve(ServeArgs),
     /// Print one signed join ticket to stdout (signed with ARENA_TICKET_KEY, or the development key).
     Ticket(TicketArgs),
+    /// Apply the database migrations (migrations/) and create the activity partitions.
+    Migrate {
+        /// PostgreSQL URL.
+        #[arg(long, env = "ARENA_DATABASE_URL")]
+        database_url: String,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +81,31 @@ struct ServeArgs {
     /// WebSocket URL bots should be sent to (default: ws://<ws-addr>/ws).
     #[arg(long, env = "ARENA_PUBLIC_WS_URL")]
     public_ws_url: Option<String>,
+    /// PostgreSQL URL: activity log and durable world snapshots. Without it (and without
+    /// --redis-url) worlds live in memory only.
+    #[arg(long, env = "ARENA_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Apply the database migrations at start.
+    #[arg(long, env = "ARENA_MIGRATE")]
+    migrate: bool,
+    /// Redis URL for world snapshots every second (use the allocator's Redis and prefix).
+    #[arg(long, env = "ARENA_REDIS_URL")]
+    redis_url: Option<String>,
+    /// Prefix of the Redis keys (the allocator's registry prefix).
+    #[arg(long, env = "ARENA_REDIS_PREFIX", default_value = "{arena}")]
+    redis_prefix: String,
+    /// Milliseconds between activity log flushes (at most).
+    #[arg(long, env = "ARENA_FLUSH_EVERY_MS", default_value_t = 1000)]
+    flush_every_ms: u64,
+    /// Activity records held while PostgreSQL is slow or down; beyond, they are dropped and counted.
+    #[arg(long, env = "ARENA_ACTIVITY_BUFFER", default_value_t = 200_000)]
+    activity_buffer: usize,
+    /// Seconds between world snapshots to PostgreSQL (they also go there on drain).
+    #[arg(long, env = "ARENA_SNAPSHOT_EVERY_SECS", default_value_t = 60.0)]
+    snapshot_every_secs: f64,
+    /// Days of activity partitions kept attached (0: all).
+    #[arg(long, env = "ARENA_RETENTION_DAYS", default_value_t = 30)]
+    retention_days: u32,
     /// Worker threads (default: one per core).
     #[arg(long, env = "ARENA_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -144,6 +176,16 @@ fn main() -> anyhow::Result<()> {
             println!("{ticket}");
             Ok(())
         }
+        Command::Migrate { database_url } => {
+            init_logging(LogFormat::Text);
+            tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+                let pool = arena_gameserver::persist::connect_pg(&database_url).await.context("connecting to PostgreSQL")?;
+                arena_gameserver::persist::migrate(&pool).await.context("applying migrations")?;
+                let m = arena_gameserver::persist::maintenance::run(&pool, 7, 0).await?;
+                tracing::info!(partitions_created = m.partitions_created, "migrations applied");
+                Ok(())
+            })
+        }
         Command::Serve(args) => {
             init_logging(args.log_format);
             let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -183,6 +225,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }),
             None => None,
         },
+        persist: PersistConfig {
+            database_url: args.database_url,
+            redis_url: args.redis_url,
+            redis_prefix: args.redis_prefix,
+            migrate: args.migrate,
+            flush_every: Duration::from_millis(args.flush_every_ms.max(10)),
+            activity_buffer: args.activity_buffer.max(1),
+            pg_snapshot_every: Duration::from_secs_f64(args.snapshot_every_secs.max(0.1)),
+            retention_days: args.retention_days,
+            ..PersistConfig::default()
+        },
         ..ServerConfig::default()
     };
     if !arena_sdk::protocol::valid_id(&args.region) {
@@ -198,10 +251,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!(
-        ws = %cfg.ws_addr, http = %cfg.http_addr, max_worlds = cfg.max_worlds, tick_hz = cfg.tick_hz,
-        "persistence: none (worlds live in memory only)"
-    );
+    tracing::info!(ws = %cfg.ws_addr, http = %cfg.http_addr, max_worlds = cfg.max_worlds, tick_hz = cfg.tick_hz, "starting");
     let server = Server::bind(cfg).await.context("binding listeners")?;
     tracing::info!(ws = %server.ws_addr()?, http = %server.http_addr()?, "listening");
     server.run(shutdown_signal()).await?;

@@ -47,6 +47,17 @@ pub struct Metrics {
     pub outbound_queued_bytes: Gauge,
     /// Used join tickets remembered until they expire.
     pub used_tickets: Gauge,
+    /// Activity records waiting for PostgreSQL.
+    pub activity_queued: Gauge,
+    pub activity_written: Counter,
+    /// Activity records lost: the buffer was full, or PostgreSQL stayed down through shutdown.
+    pub activity_dropped: Counter,
+    pub activity_write_errors: Counter,
+    /// Snapshots written, by store (`redis`, `postgres`).
+    pub snapshots_written: Family<Labels, Counter>,
+    /// Snapshot writes refused because a newer placement of the world exists.
+    pub snapshots_refused: Counter,
+    pub snapshot_errors: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -81,6 +92,13 @@ impl Metrics {
             input_queue: Gauge::default(),
             outbound_queued_bytes: Gauge::default(),
             used_tickets: Gauge::default(),
+            activity_queued: Gauge::default(),
+            activity_written: Counter::default(),
+            activity_dropped: Counter::default(),
+            activity_write_errors: Counter::default(),
+            snapshots_written: Family::default(),
+            snapshots_refused: Counter::default(),
+            snapshot_errors: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -109,6 +127,13 @@ impl Metrics {
             m.outbound_queued_bytes.clone(),
         );
         r.register("used_tickets", "Used join tickets remembered until expiry", m.used_tickets.clone());
+        r.register("activity_queued", "Activity records waiting for PostgreSQL", m.activity_queued.clone());
+        r.register("activity_written", "Activity records written to PostgreSQL", m.activity_written.clone());
+        r.register("activity_dropped", "Activity records lost (buffer full, or database down at shutdown)", m.activity_dropped.clone());
+        r.register("activity_write_errors", "Failed activity batch writes (retried)", m.activity_write_errors.clone());
+        r.register("snapshots_written", "World snapshots written, by store", m.snapshots_written.clone());
+        r.register("snapshots_refused", "Snapshot writes refused: a newer placement exists", m.snapshots_refused.clone());
+        r.register("snapshot_errors", "Failed snapshot writes, by store", m.snapshot_errors.clone());
         Metrics { registry, ..m }
     }
 

@@ -7,8 +7,23 @@
 //! connection handle the I/O layer wants back when it must write to or close a connection.
 
 use arena_sdk::protocol::{BotId, Command, Snapshot, Tick, Welcome};
+use serde::{Deserialize, Serialize};
 
-use crate::world::{Changes, World, WorldFull};
+use crate::world::{Changes, SavedWorld, World, WorldConfig, WorldFull};
+
+/// A room as it is saved: the world and who holds its seats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedRoom {
+    pub world: SavedWorld,
+    pub seats: Vec<SavedSeat>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedSeat {
+    pub bot: BotId,
+    pub name: String,
+    pub ack_seq: u32,
+}
 
 /// Timing rules of a room, in ticks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +104,39 @@ impl<C> Room<C> {
     pub fn new(world: World, config: RoomConfig) -> Self {
         let empty_since = Some(world.tick());
         Room { world, config, seats: Vec::new(), changes: Changes::default(), empty_since }
+    }
+
+    /// The state to save.
+    pub fn save(&self) -> SavedRoom {
+        SavedRoom {
+            world: self.world.save(),
+            seats: self.seats.iter().map(|s| SavedSeat { bot: s.bot, name: s.name.clone(), ack_seq: s.ack_seq }).collect(),
+        }
+    }
+
+    /// A room continuing from `saved` (on this server or another). Every seat starts as dropped:
+    /// its bot keeps its place for the grace period, and joining again (or resuming with a
+    /// token from `token`) takes it back.
+    pub fn restore(config: WorldConfig, room: RoomConfig, saved: SavedRoom, mut token: impl FnMut() -> String) -> Self {
+        let world = World::restore(config, saved.world);
+        let tick = world.tick();
+        let seats: Vec<Seat<C>> = saved
+            .seats
+            .into_iter()
+            .filter(|s| world.bot(s.bot).is_some())
+            .map(|s| Seat {
+                bot: s.bot,
+                name: s.name,
+                token: token(),
+                ack_seq: s.ack_seq,
+                holder: None,
+                disconnected_at: Some(tick),
+                needs_resync: false,
+                lagging_since: None,
+            })
+            .collect();
+        let empty_since = seats.is_empty().then_some(tick);
+        Room { world, config: room, seats, changes: Changes::default(), empty_since }
     }
 
     pub fn world(&self) -> &World {
@@ -368,6 +416,33 @@ mod tests {
         assert_eq!(r.lag_action(0, || false), LagAction::Update);
         r.request_resync(r.seats()[0].bot);
         assert_eq!(r.lag_action(0, || true), LagAction::Snapshot);
+    }
+
+    #[test]
+    fn restored_rooms_keep_seats_for_their_bots() {
+        let mut r = room(30);
+        let a = r.join("a", "t".into(), 1, "c").unwrap().bot;
+        r.run_tick(&[QueuedInput { bot: a, seq: 7, command: Command::Move(Move::To([3.0, 4.0])) }]);
+        let saved = r.save();
+        let bytes = rmp_serde::to_vec(&saved).unwrap();
+        let mut n = 0;
+        let mut back: Room<&str> = Room::restore(r.world().config().clone(), r.config, rmp_serde::from_slice(&bytes).unwrap(), || {
+            n += 1;
+            format!("new{n}")
+        });
+        assert_eq!(back.world().snapshot(), r.world().snapshot());
+        assert_eq!(back.seat(a).unwrap().ack_seq, 7);
+        assert!(back.seat(a).unwrap().holder.is_none(), "nobody is connected yet");
+        // The bot joins again (fresh ticket, new server): same seat, same state.
+        let again = back.join("a", "t2".into(), 9, "c9").unwrap();
+        assert_eq!(again.bot, a);
+        assert_eq!(back.world().len(), 1);
+        // Unclaimed seats expire after the grace.
+        let mut lonely: Room<&str> = Room::restore(r.world().config().clone(), r.config, r.save(), || "x".into());
+        for _ in 0..10 {
+            lonely.run_tick(&[]);
+        }
+        assert!(lonely.world().is_empty());
     }
 
     #[test]

@@ -17,8 +17,10 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::config::ServerConfig;
-use crate::host::{Host, Lifecycle, TickScratch};
+use crate::host::{Host, Lifecycle, Store, TickScratch};
 use crate::metrics::Metrics;
+use crate::persist::activity::{WriterConfig, run_writer};
+use crate::persist::{Persist, maintenance, snapshotter};
 use crate::ws::listener;
 
 #[derive(Debug)]
@@ -30,10 +32,13 @@ pub struct Server {
 
 impl Server {
     /// Bind the WebSocket and HTTP ports.
-    pub async fn bind(cfg: ServerConfig) -> io::Result<Self> {
+    /// Bind the WebSocket and HTTP ports and connect the persistence `cfg.persist` names.
+    pub async fn bind(cfg: ServerConfig) -> anyhow::Result<Self> {
         let ws = listener::bind(cfg.ws_addr, cfg.listen_backlog)?;
         let http = TcpListener::bind(cfg.http_addr).await?;
-        let host = Host::new(cfg, Arc::new(Metrics::new()));
+        let metrics = Arc::new(Metrics::new());
+        let persist = Persist::connect(cfg.persist.clone(), &cfg.server_id, Arc::clone(&metrics)).await?;
+        let host = Host::new(cfg, metrics, persist.map(Arc::new));
         Ok(Server { host, ws, http })
     }
 
@@ -85,6 +90,36 @@ impl Server {
         let (accept_stop_tx, accept_stop_rx) = watch::channel(false);
         let accept = tokio::spawn(listener::accept_loop(ws, Arc::clone(&host), accept_stop_rx));
 
+        // Persistence: the activity writer outlives the ticks (it flushes what they produced),
+        // so it has its own stop signal.
+        let (persist_stop_tx, persist_stop_rx) = watch::channel(false);
+        let mut writer = None;
+        if let Some(p) = host.persist() {
+            if let (Some(pool), Some(rx)) = (p.pool.clone(), p.activity_rx.lock().take()) {
+                let wcfg = WriterConfig { flush_every: p.cfg.flush_every, max_batch: 10_000, final_deadline: cfg.drain_timeout };
+                let region = cfg.allocator.as_ref().map_or_else(|| "local".to_owned(), |l| l.region.clone());
+                writer = Some(tokio::spawn(run_writer(
+                    pool.clone(),
+                    rx,
+                    cfg.server_id.clone(),
+                    region,
+                    wcfg,
+                    Arc::clone(host.metrics()),
+                    persist_stop_rx,
+                )));
+                tasks.push(tokio::spawn(run_maintenance(pool, p.cfg.partitions_ahead, p.cfg.retention_days, stop_rx.clone())));
+            }
+            if p.redis.is_some() {
+                tasks.push(tokio::spawn(snapshotter::run(Arc::clone(&host), Store::Hot, p.cfg.redis_snapshot_every, stop_rx.clone())));
+            }
+            if p.pg.is_some() {
+                tasks.push(tokio::spawn(snapshotter::run(Arc::clone(&host), Store::Durable, p.cfg.pg_snapshot_every, stop_rx.clone())));
+            }
+            tracing::info!("persistence: {}", p.describe());
+        } else {
+            tracing::info!("persistence: none (worlds live in memory only)");
+        }
+
         host.set_lifecycle(Lifecycle::Ready);
         tracing::info!(server_id = %cfg.server_id, "ready");
         tokio::spawn(async move {
@@ -107,6 +142,20 @@ impl Server {
             stop_tx.send_replace(true);
             for t in tasks {
                 let _ = t.await;
+            }
+            // The ticks have stopped: save every world, end the sessions, flush the log.
+            if host.persist().is_some() {
+                let hot = snapshotter::save_now(&host, Store::Hot, true).await;
+                let durable = snapshotter::save_now(&host, Store::Durable, true).await;
+                host.close_all_sessions();
+                tracing::info!(hot, durable, "final snapshots written");
+            }
+            persist_stop_tx.send_replace(true);
+            if let Some(w) = writer {
+                let _ = w.await;
+            }
+            if let Some(link) = &cfg.allocator {
+                crate::heartbeat::send_farewell(&host, link).await;
             }
             tracing::info!("stopped");
             Ok(())
@@ -142,4 +191,23 @@ async fn run_housekeeping(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
 /// Resolves once the watched flag is true (or its sender is gone).
 pub async fn until_true(flag: &mut watch::Receiver<bool>) {
     let _ = flag.wait_for(|v| *v).await;
+}
+
+/// Activity partitions and snapshot pruning: at start, then hourly.
+async fn run_maintenance(pool: sqlx::PgPool, ahead: u32, retention: u32, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match maintenance::run(&pool, ahead, retention).await {
+                Ok(m) if !m.skipped => tracing::info!(
+                    partitions_created = m.partitions_created,
+                    snapshots_pruned = m.snapshots_pruned,
+                    "database maintenance done"
+                ),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "database maintenance failed"),
+            },
+            () = until_true(&mut stop) => return,
+        }
+    }
 }

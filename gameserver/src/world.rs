@@ -5,6 +5,7 @@
 //! calls, two worlds are bit-for-bit equal, which the tests and the client mirror rely on.
 
 use arena_sdk::protocol::{Act, BotDelta, BotId, BotState, Command, Event, Move, Tick, WorldSnapshot};
+use serde::{Deserialize, Serialize};
 
 use arena_sdk::rng::SplitMix64;
 
@@ -51,7 +52,7 @@ mod dirty {
     pub const SCORE: u8 = 16;
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Slot {
     bot: BotState,
     /// Fields changed since the last [`World::take_update`] (bits of `dirty`).
@@ -66,6 +67,8 @@ pub struct Changes {
     pub changed: Vec<BotDelta>,
     pub removed: Vec<BotId>,
     pub events: Vec<Event>,
+    /// Names of the removed bots (for the activity log; not sent to clients).
+    pub removed_names: Vec<String>,
 }
 
 impl Changes {
@@ -73,6 +76,27 @@ impl Changes {
         self.changed.clear();
         self.removed.clear();
         self.events.clear();
+        self.removed_names.clear();
+    }
+}
+
+/// A world's state as it is saved: everything but its rules (which come from the server that
+/// loads it) and the changes not yet sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedWorld {
+    tick: Tick,
+    next_id: BotId,
+    rng: SplitMix64,
+    slots: Vec<Slot>,
+}
+
+impl SavedWorld {
+    pub fn tick(&self) -> Tick {
+        self.tick
+    }
+
+    pub fn bots(&self) -> impl Iterator<Item = &BotState> {
+        self.slots.iter().map(|s| &s.bot)
     }
 }
 
@@ -86,6 +110,7 @@ pub struct World {
     /// Ordered by id: ids only grow and new bots are pushed at the end.
     slots: Vec<Slot>,
     removed: Vec<BotId>,
+    removed_names: Vec<String>,
     events: Vec<Event>,
 }
 
@@ -98,6 +123,33 @@ impl World {
             next_id: 1,
             rng: SplitMix64::new(seed),
             removed: Vec::new(),
+            removed_names: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// The state to save.
+    pub fn save(&self) -> SavedWorld {
+        SavedWorld { tick: self.tick, next_id: self.next_id, rng: self.rng.clone(), slots: self.slots.clone() }
+    }
+
+    /// A world continuing from `saved` under `config`. Bots beyond the capacity are dropped
+    /// (the newest first); every bot is sent whole with the next update.
+    pub fn restore(config: WorldConfig, saved: SavedWorld) -> Self {
+        let mut slots = saved.slots;
+        slots.sort_by_key(|s| s.bot.id);
+        slots.truncate(config.capacity);
+        for s in &mut slots {
+            s.dirty = dirty::NEW;
+        }
+        World {
+            config,
+            tick: saved.tick,
+            next_id: saved.next_id.max(slots.last().map_or(1, |s| s.bot.id + 1)),
+            rng: saved.rng,
+            slots,
+            removed: Vec::new(),
+            removed_names: Vec::new(),
             events: Vec::new(),
         }
     }
@@ -149,8 +201,9 @@ impl World {
         let Some(i) = self.slot_index(id) else {
             return false;
         };
-        self.slots.remove(i);
+        let slot = self.slots.remove(i);
         self.removed.push(id);
+        self.removed_names.push(slot.bot.name);
         self.events.push(Event::Left { bot: id });
         true
     }
@@ -263,6 +316,7 @@ impl World {
             slot.dirty = 0;
         }
         std::mem::swap(&mut out.removed, &mut self.removed);
+        std::mem::swap(&mut out.removed_names, &mut self.removed_names);
         std::mem::swap(&mut out.events, &mut self.events);
     }
 
@@ -371,6 +425,33 @@ mod tests {
         w.apply(a, &Command::Act(Act { action: "x".into(), target: Some(a) }));
         w.apply(a, &Command::Act(Act { action: "x".into(), target: Some(99) }));
         assert_eq!(w.bot(a).unwrap().score, 1);
+    }
+
+    #[test]
+    fn saved_worlds_continue_exactly() {
+        let mut w = world();
+        let a = w.add_bot("a").unwrap();
+        w.apply(a, &Command::Move(Move::To([500.0, 500.0])));
+        w.apply(a, &Command::Act(Act { action: "wave".into(), target: None }));
+        for _ in 0..7 {
+            w.step();
+        }
+        let bytes = rmp_serde::to_vec(&w.save()).unwrap();
+        let mut back = World::restore(w.config().clone(), rmp_serde::from_slice(&bytes).unwrap());
+        assert_eq!(back.snapshot(), w.snapshot());
+        assert_eq!(back.tick(), w.tick());
+        // Both continue identically, new bots included (same ids, same spawn points).
+        let mut out = Changes::default();
+        back.take_update(&mut out);
+        assert_eq!(out.changed.len(), 1, "restored bots are sent whole");
+        for x in [&mut w, &mut back] {
+            x.add_bot("b").unwrap();
+            x.step();
+        }
+        assert_eq!(back.snapshot(), w.snapshot());
+        // A smaller capacity keeps the oldest bots.
+        let small = World::restore(WorldConfig { capacity: 1, ..w.config().clone() }, w.save());
+        assert_eq!(small.bots().map(|b| b.name.as_str()).collect::<Vec<_>>(), vec!["a"]);
     }
 
     #[test]

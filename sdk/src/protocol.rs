@@ -393,6 +393,8 @@ pub enum ErrorCode {
     Busy,
     /// A WebSocket protocol violation.
     ProtocolError,
+    /// The world's saved state cannot be loaded right now: retry shortly.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -420,6 +422,7 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::Busy => "busy",
             ErrorCode::ProtocolError => "protocol_error",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

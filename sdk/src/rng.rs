@@ -5,7 +5,7 @@
 //! whose stream may change. Clients use it for jitter and input mixes.
 
 /// SplitMix64 (Steele, Lea, Flood 2014): fast, 64 bits of state, passes BigCrush.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SplitMix64 {
     state: u64,
 }

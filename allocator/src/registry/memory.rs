@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use arena_sdk::allocator_api::{Heartbeat, HeartbeatReply};
+use arena_sdk::allocator_api::{Heartbeat, HeartbeatReply, ServerState};
 use parking_lot::Mutex;
 
 use super::{Conflict, Registry, RegistryError, Reserve, ReserveKind, Reserved, Timing};
@@ -121,9 +121,11 @@ impl Registry for MemoryRegistry {
             .get(&hb.server_id)
             .map(|set| set.iter().filter(|w| !reported.contains(w.as_str())).cloned().collect())
             .unwrap_or_default();
+        // A draining server that no longer reports a world has saved it and let it go.
+        let draining = hb.state == ServerState::Draining;
         for w in unreported {
             let old = st.placements.get(&w).is_some_and(|p| p.placed_ms + self.timing.placement_grace_ms < now_ms);
-            if old && st.live_reservations(&w, now_ms) == 0 {
+            if draining || (old && st.live_reservations(&w, now_ms) == 0) {
                 st.forget(&w);
             }
         }

@@ -10,7 +10,8 @@
 //!   the occupancy of each world it reports, and consumes the reservations its bots used to join.
 //!   A reported world that is placed on another server is to be evicted; one the registry does
 //!   not know is adopted (placed there with a new fence). A world placed on the server that it
-//!   has not reported for `placement_grace_ms`, with no live reservation, is forgotten.
+//!   has not reported for `placement_grace_ms`, with no live reservation, is forgotten — at once
+//!   when the server is draining (it saved the world and let it go).
 //! - A reservation takes a seat only if the server is alive and ready, the world is (still)
 //!   placed there with the expected fence, and `occupancy + live reservations < capacity`.
 //!   Placing a world takes a new fence from a counter that only grows, and is refused while the

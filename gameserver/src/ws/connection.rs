@@ -118,7 +118,7 @@ async fn run(conn: &Arc<Conn>, host: &Arc<Host>, leftover: Vec<u8>) {
             Err(_) => break End::Dropped,
         };
         let step = session.on_frame(frame.0, &frame.1, host.now());
-        if let Some(end) = carry_out(step, conn, host, &mut session, &mut seat) {
+        if let Some(end) = carry_out(step, conn, host, &mut session, &mut seat).await {
             break end;
         }
     };
@@ -139,7 +139,7 @@ async fn run(conn: &Arc<Conn>, host: &Arc<Host>, leftover: Vec<u8>) {
 }
 
 /// Carry out one session step; `Some` ends the connection.
-fn carry_out(
+async fn carry_out(
     step: Step,
     conn: &Arc<Conn>,
     host: &Arc<Host>,
@@ -157,7 +157,10 @@ fn carry_out(
     };
     match step {
         Step::Join { ticket, world } => {
-            let joined = host.check_ticket(&ticket, world.as_deref()).and_then(|claims| host.join(&claims, conn));
+            let joined = match host.check_ticket(&ticket, world.as_deref()) {
+                Ok(claims) => host.join(&claims, conn).await,
+                Err(e) => Err(e),
+            };
             match joined {
                 Ok(j) => {
                     Metrics::count(&metrics.joins, "result", "joined");

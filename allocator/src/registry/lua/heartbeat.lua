@@ -5,7 +5,10 @@
 local P, sid, sjson, now_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('HSET', P .. ':servers', sid, sjson)
-local capacity = tonumber(cjson.decode(sjson).world_capacity)
+local me = cjson.decode(sjson)
+local capacity = tonumber(me.world_capacity)
+-- A draining server that no longer reports a world has saved it and let it go.
+local draining = me.state == 'draining'
 
 local fences, evict, reported = {}, {}, {}
 local n, i = tonumber(ARGV[6]), 7
@@ -47,7 +50,7 @@ for _, world in ipairs(redis.call('SMEMBERS', P .. ':sw:' .. sid)) do
       local ps, _, placed = split_placement(current)
       if ps ~= sid then
         redis.call('SREM', P .. ':sw:' .. sid, world)
-      elseif placed + grace < now and live_reservations(P, world, now) == 0 then
+      elseif draining or (placed + grace < now and live_reservations(P, world, now) == 0) then
         forget(P, world, sid)
       end
     end
