@@ -169,7 +169,8 @@ async fn unknown_worlds_are_adopted_and_unreported_ones_forgotten<R: Registry>(r
     r.heartbeat(&hb("a", 3, vec![]), now + 21_000).await.unwrap();
     assert!(r.snapshot(now).await.unwrap().worlds.is_empty());
     // A draining server that stops reporting a world lets it go at once.
-    let f = *r.heartbeat(&hb("a", 3, vec![report("leaving", 1, &[])]), now).await.unwrap().fences.get("leaving").unwrap();
+    let f =
+        *r.heartbeat(&hb("a", 3, vec![report("leaving", 1, &[])]), now).await.unwrap().fences.get("leaving").unwrap();
     assert!(f > adopted);
     let farewell = Heartbeat { state: ServerState::Draining, ..hb("a", 3, vec![]) };
     r.heartbeat(&farewell, now + 100).await.unwrap();

@@ -549,7 +549,13 @@ impl Host {
         scratch.inputs.clear();
         if let Some(log) = self.persist.as_ref().and_then(|p| p.activity.as_ref()) {
             let world = st.room.world();
-            for r in records_of_tick(&cell.world_id, st.room.changes(), |id| world.bot(id).map(|b| b.name.clone()), at_ms, log) {
+            for r in records_of_tick(
+                &cell.world_id,
+                st.room.changes(),
+                |id| world.bot(id).map(|b| b.name.clone()),
+                at_ms,
+                log,
+            ) {
                 log.push(r);
             }
             if !st.room.changes().removed.is_empty() {

@@ -25,7 +25,7 @@ enum Command {
     /// Join tickets are checked with ARENA_TICKET_KEY (`<key id>:<secret>`, secret at least 32
     /// bytes) and, while rotating, ARENA_TICKET_KEY_PREVIOUS. Without ARENA_TICKET_KEY a fixed
     /// development key is used, and only loopback addresses may be served.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print one signed join ticket to stdout (signed with ARENA_TICKET_KEY, or the development key).
     Ticket(TicketArgs),
     /// Apply the database migrations (migrations/) and create the activity partitions.
@@ -179,7 +179,8 @@ fn main() -> anyhow::Result<()> {
         Command::Migrate { database_url } => {
             init_logging(LogFormat::Text);
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
-                let pool = arena_gameserver::persist::connect_pg(&database_url).await.context("connecting to PostgreSQL")?;
+                let pool =
+                    arena_gameserver::persist::connect_pg(&database_url).await.context("connecting to PostgreSQL")?;
                 arena_gameserver::persist::migrate(&pool).await.context("applying migrations")?;
                 let m = arena_gameserver::persist::maintenance::run(&pool, 7, 0).await?;
                 tracing::info!(partitions_created = m.partitions_created, "migrations applied");
@@ -193,7 +194,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(n) = args.worker_threads {
                 rt.worker_threads(n.max(1));
             }
-            rt.build()?.block_on(serve(args))
+            rt.build()?.block_on(serve(*args))
         }
     }
 }

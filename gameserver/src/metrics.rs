@@ -129,10 +129,18 @@ impl Metrics {
         r.register("used_tickets", "Used join tickets remembered until expiry", m.used_tickets.clone());
         r.register("activity_queued", "Activity records waiting for PostgreSQL", m.activity_queued.clone());
         r.register("activity_written", "Activity records written to PostgreSQL", m.activity_written.clone());
-        r.register("activity_dropped", "Activity records lost (buffer full, or database down at shutdown)", m.activity_dropped.clone());
+        r.register(
+            "activity_dropped",
+            "Activity records lost (buffer full, or database down at shutdown)",
+            m.activity_dropped.clone(),
+        );
         r.register("activity_write_errors", "Failed activity batch writes (retried)", m.activity_write_errors.clone());
         r.register("snapshots_written", "World snapshots written, by store", m.snapshots_written.clone());
-        r.register("snapshots_refused", "Snapshot writes refused: a newer placement exists", m.snapshots_refused.clone());
+        r.register(
+            "snapshots_refused",
+            "Snapshot writes refused: a newer placement exists",
+            m.snapshots_refused.clone(),
+        );
         r.register("snapshot_errors", "Failed snapshot writes, by store", m.snapshot_errors.clone());
         Metrics { registry, ..m }
     }

@@ -110,7 +110,11 @@ impl<C> Room<C> {
     pub fn save(&self) -> SavedRoom {
         SavedRoom {
             world: self.world.save(),
-            seats: self.seats.iter().map(|s| SavedSeat { bot: s.bot, name: s.name.clone(), ack_seq: s.ack_seq }).collect(),
+            seats: self
+                .seats
+                .iter()
+                .map(|s| SavedSeat { bot: s.bot, name: s.name.clone(), ack_seq: s.ack_seq })
+                .collect(),
         }
     }
 
@@ -426,10 +430,11 @@ mod tests {
         let saved = r.save();
         let bytes = rmp_serde::to_vec(&saved).unwrap();
         let mut n = 0;
-        let mut back: Room<&str> = Room::restore(r.world().config().clone(), r.config, rmp_serde::from_slice(&bytes).unwrap(), || {
-            n += 1;
-            format!("new{n}")
-        });
+        let mut back: Room<&str> =
+            Room::restore(r.world().config().clone(), r.config, rmp_serde::from_slice(&bytes).unwrap(), || {
+                n += 1;
+                format!("new{n}")
+            });
         assert_eq!(back.world().snapshot(), r.world().snapshot());
         assert_eq!(back.seat(a).unwrap().ack_seq, 7);
         assert!(back.seat(a).unwrap().holder.is_none(), "nobody is connected yet");

@@ -96,7 +96,11 @@ impl Server {
         let mut writer = None;
         if let Some(p) = host.persist() {
             if let (Some(pool), Some(rx)) = (p.pool.clone(), p.activity_rx.lock().take()) {
-                let wcfg = WriterConfig { flush_every: p.cfg.flush_every, max_batch: 10_000, final_deadline: cfg.drain_timeout };
+                let wcfg = WriterConfig {
+                    flush_every: p.cfg.flush_every,
+                    max_batch: 10_000,
+                    final_deadline: cfg.drain_timeout,
+                };
                 let region = cfg.allocator.as_ref().map_or_else(|| "local".to_owned(), |l| l.region.clone());
                 writer = Some(tokio::spawn(run_writer(
                     pool.clone(),
@@ -107,13 +111,28 @@ impl Server {
                     Arc::clone(host.metrics()),
                     persist_stop_rx,
                 )));
-                tasks.push(tokio::spawn(run_maintenance(pool, p.cfg.partitions_ahead, p.cfg.retention_days, stop_rx.clone())));
+                tasks.push(tokio::spawn(run_maintenance(
+                    pool,
+                    p.cfg.partitions_ahead,
+                    p.cfg.retention_days,
+                    stop_rx.clone(),
+                )));
             }
             if p.redis.is_some() {
-                tasks.push(tokio::spawn(snapshotter::run(Arc::clone(&host), Store::Hot, p.cfg.redis_snapshot_every, stop_rx.clone())));
+                tasks.push(tokio::spawn(snapshotter::run(
+                    Arc::clone(&host),
+                    Store::Hot,
+                    p.cfg.redis_snapshot_every,
+                    stop_rx.clone(),
+                )));
             }
             if p.pg.is_some() {
-                tasks.push(tokio::spawn(snapshotter::run(Arc::clone(&host), Store::Durable, p.cfg.pg_snapshot_every, stop_rx.clone())));
+                tasks.push(tokio::spawn(snapshotter::run(
+                    Arc::clone(&host),
+                    Store::Durable,
+                    p.cfg.pg_snapshot_every,
+                    stop_rx.clone(),
+                )));
             }
             tracing::info!("persistence: {}", p.describe());
         } else {

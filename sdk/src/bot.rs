@@ -77,6 +77,9 @@ pub struct BotOptions {
     pub max_attempts: Option<u32>,
     /// Limit for each allocation request, connection and join.
     pub timeout: Duration,
+    /// A server that sends nothing for this long is taken for gone (it sends 20 updates a
+    /// second), and the bot reconnects.
+    pub silence_timeout: Duration,
 }
 
 impl BotOptions {
@@ -91,6 +94,7 @@ impl BotOptions {
             backoff: Backoff::default(),
             max_attempts: Some(20),
             timeout: Duration::from_secs(10),
+            silence_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -436,8 +440,13 @@ impl Driver {
                     // The Bot was dropped.
                     None => return,
                 },
-                received = client.recv() => match received {
-                    Ok(r) => {
+                received = tokio::time::timeout(self.options.silence_timeout, client.recv()) => match received {
+                    Err(_) => {
+                        let reason = format!("no message for {:?}", self.options.silence_timeout);
+                        let Some(c) = self.reconnect(Lost::Resume(reason), &events).await else { return };
+                        client = c;
+                    }
+                    Ok(Ok(r)) => {
                         let event = match (r.msg, r.event) {
                             (ServerMsg::Update(u), SessionEvent::Updated) => Some(BotEvent::Update(u)),
                             (_, SessionEvent::Resynced | SessionEvent::Welcomed) => Some(BotEvent::Resynced),
@@ -449,7 +458,7 @@ impl Driver {
                             self.emit(&events, e);
                         }
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         let Some(c) = self.reconnect(classify(&e), &events).await else { return };
                         client = c;
                     }

@@ -341,7 +341,10 @@ mod tests {
             })
             .collect();
         assert_eq!(summary[0], (Some("alice"), "say", Some(serde_json::json!({"text": "hi, \"bob\""}))));
-        assert_eq!(summary[1], (Some("alice"), "act", Some(serde_json::json!({"action": "high_five", "target": "bob", "hit": true}))));
+        assert_eq!(
+            summary[1],
+            (Some("alice"), "act", Some(serde_json::json!({"action": "high_five", "target": "bob", "hit": true})))
+        );
         assert_eq!(summary[2], (Some("bob"), "leave", None), "a bot that left still has its name");
         assert_eq!(summary[3], (Some("alice"), "score", Some(serde_json::json!({"score": 1}))));
         assert_eq!(summary.len(), 4, "{summary:?}");

@@ -19,7 +19,8 @@ pub struct Maintained {
 
 pub async fn run(pool: &PgPool, days_ahead: u32, retention_days: u32) -> Result<Maintained, sqlx::Error> {
     let mut conn = pool.acquire().await?;
-    let locked: bool = sqlx::query("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *conn).await?.try_get(0)?;
+    let locked: bool =
+        sqlx::query("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut *conn).await?.try_get(0)?;
     if !locked {
         return Ok(Maintained { skipped: true, ..Maintained::default() });
     }

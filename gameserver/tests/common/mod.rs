@@ -1,6 +1,8 @@
 //! A gameserver on free loopback ports, and helpers to talk to it.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
