@@ -80,6 +80,7 @@ pub async fn start_gameserver(
     max_worlds: usize,
     log_dir: &Path,
     allocator: &str,
+    extra: &[String],
 ) -> anyhow::Result<LocalProcess> {
     let (ws, http) = (free_port()?, free_port()?);
     let name = format!("gs-{i}");
@@ -98,6 +99,7 @@ pub async fn start_gameserver(
         "--region".into(),
         "local".into(),
     ];
+    let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
     let mut p = spawn(bin, &name, &args, log_dir, http)?;
     p.wait_ready(Duration::from_secs(15)).await?;
     Ok(p)
@@ -151,4 +153,29 @@ impl LocalProcess {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// The counters (`*_total`) of a Prometheus text exposition at `http://<addr>/metrics`.
+pub async fn counters(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return out };
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(req.as_bytes()).await.is_err() {
+        return out;
+    }
+    let mut buf = Vec::new();
+    if s.read_to_end(&mut buf).await.is_err() {
+        return out;
+    }
+    for line in String::from_utf8_lossy(&buf).lines() {
+        let Some((name, value)) = line.rsplit_once(' ') else { continue };
+        if !line.starts_with('#')
+            && name.contains("_total")
+            && !name.contains("_bucket")
+            && let Ok(v) = value.parse::<f64>()
+        {
+            out.insert(name.to_owned(), v);
+        }
+    }
+    out
 }

@@ -3,11 +3,12 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
 use arena_loadtest::bot::{Behaviour, Swarm};
+use arena_loadtest::engine;
 use arena_loadtest::local::{LocalProcess, sibling_binary, start_allocator, start_gameserver, wait_registered};
 use arena_loadtest::procstat::{ProcSample, sample};
 use arena_loadtest::report::{Point, ProcReport, Report};
@@ -16,7 +17,6 @@ use arena_loadtest::target::{Direct, Target, ViaAllocator, parse_ws_url};
 use arena_sdk::Encoding;
 use arena_sdk::ticket::TicketKey;
 use clap::{Parser, ValueEnum};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 #[derive(Parser, Debug)]
@@ -57,6 +57,15 @@ struct Cli {
     /// Bots per world.
     #[arg(long, default_value_t = 30)]
     bots_per_world: usize,
+    /// Share of moves in the input mix.
+    #[arg(long, default_value_t = 0.5)]
+    move_share: f64,
+    /// Share of chat lines in the input mix (the rest are acts).
+    #[arg(long, default_value_t = 0.3)]
+    say_share: f64,
+    /// Extra arguments for each gameserver started with --local (e.g. "--database-url postgres://…").
+    #[arg(long, allow_hyphen_values = true)]
+    gameserver_args: Option<String>,
     #[arg(long, value_enum, default_value_t = Enc::Msgpack)]
     encoding: Enc,
     /// Gameserver processes to start with --local.
@@ -92,6 +101,12 @@ struct Cli {
     /// No live progress line.
     #[arg(long)]
     quiet: bool,
+    /// Play engine threads (each drives its share of the bots).
+    #[arg(long, default_value_t = 1)]
+    engines: usize,
+    /// Milliseconds a play engine gathers socket events before handling them (0: as they come).
+    #[arg(long, default_value_t = 1.0)]
+    batch_ms: f64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -184,7 +199,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         let worlds = cli.bots.div_ceil(cli.bots_per_world.max(1));
         let per_server = worlds.div_ceil(cli.servers.max(1)).max(1);
         for i in 0..cli.servers.max(1) {
-            let p = start_gameserver(&gs_bin, i, per_server, &log_dir, &url).await?;
+            let extra: Vec<String> =
+                cli.gameserver_args.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect();
+            let p = start_gameserver(&gs_bin, i, per_server, &log_dir, &url, &extra).await?;
             watched.push(Watched::new(p.name.clone(), p.pid));
             local.push(p);
         }
@@ -212,8 +229,8 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         behaviour: Behaviour {
             encoding,
             inputs_per_sec: cli.inputs_per_sec,
-            move_share: 0.5,
-            say_share: 0.3,
+            move_share: cli.move_share.clamp(0.0, 1.0),
+            say_share: cli.say_share.clamp(0.0, 1.0 - cli.move_share.clamp(0.0, 1.0)),
             bots_per_world: cli.bots_per_world,
             connect_timeout: Duration::from_secs(10),
             join_attempts: 5,
@@ -221,19 +238,55 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         stats: Arc::clone(&stats),
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (lost_tx, mut lost_rx) = tokio::sync::mpsc::unbounded_channel();
+    let batch = Duration::from_secs_f64(cli.batch_ms.max(0.0) / 1000.0);
+    let mut engines = Vec::new();
+    for _ in 0..cli.engines.max(1) {
+        engines.push(engine::start(Arc::clone(&swarm), lost_tx.clone(), Arc::clone(&stop), batch)?);
+    }
+    let engines = Arc::new(engines);
     let t0 = Instant::now() + Duration::from_millis(100);
     let ramp = Duration::from_secs_f64(cli.bots as f64 / cli.ramp_per_sec.max(0.001));
-    let mut bots = tokio::task::JoinSet::new();
+    let settled = Arc::new(AtomicUsize::new(0));
+    let mut joins = tokio::task::JoinSet::new();
     for i in 0..cli.bots {
         let start = t0 + Duration::from_secs_f64(i as f64 / cli.ramp_per_sec.max(0.001));
-        bots.spawn(Arc::clone(&swarm).run_bot(i, start, stop_rx.clone()));
+        let (swarm, engines, stop, settled) =
+            (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop), Arc::clone(&settled));
+        joins.spawn(async move {
+            if let Some(p) = swarm.join_bot(i, start, stop).await {
+                engines[i % engines.len()].add(p);
+            }
+            settled.fetch_add(1, Ordering::Relaxed);
+        });
     }
+    // Lost connections come back here: resume, or join afresh, then play on.
+    let rejoiner = {
+        let (swarm, engines, stop) = (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop));
+        tokio::spawn(async move {
+            while let Some((seat, why)) = lost_rx.recv().await {
+                if stop.load(Ordering::Relaxed) {
+                    continue;
+                }
+                swarm.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                swarm.stats.error(why);
+                let (swarm, engines, stop) = (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let idx = seat.idx;
+                    if let Some(p) = swarm.rejoin(seat, stop).await {
+                        engines[idx % engines.len()].add(p);
+                    }
+                });
+            }
+        })
+    };
 
     let hold = Duration::from_secs_f64(cli.duration_secs.max(0.0));
     let tty = std::io::stderr().is_terminal() && !cli.quiet;
     let mut timeline = Vec::new();
     let mut hold_start: Option<Instant> = None;
+    let mut counters_at_hold = std::collections::BTreeMap::new();
     let mut ticker = tokio::time::interval_at(t0 + Duration::from_secs(1), Duration::from_secs(1));
     let mut prev_updates = 0u64;
     let mut prev_cpu: Vec<Option<ProcSample>> = watched.iter().map(|w| w.last).collect();
@@ -296,9 +349,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         timeline.push(point);
 
         let ramp_done = now >= t0 + ramp;
-        let all_in = joined as usize >= cli.bots || bots.is_empty();
+        let all_in = joined as usize >= cli.bots || settled.load(Ordering::Relaxed) >= cli.bots;
         if hold_start.is_none() && ramp_done && (all_in || now >= t0 + ramp + max_settle) {
             hold_start = Some(now);
+            counters_at_hold = sum_counters(&local).await;
             for w in &mut watched {
                 w.hold_start = w.poll();
             }
@@ -315,14 +369,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     let hold_started = hold_start.unwrap_or(t0);
     let held = Instant::now() - hold_started;
+    let counters_end = sum_counters(&local).await;
+    let server_counters_per_s = counters_end
+        .iter()
+        .map(|(k, v)| (k.clone(), (v - counters_at_hold.get(k).copied().unwrap_or(0.0)) / held.as_secs_f64().max(1e-9)))
+        .collect();
     for w in &mut watched {
         w.hold_end = w.poll();
     }
     me.hold_end = me.poll();
     let joined_at_end = stats.joined.load(Ordering::Relaxed);
 
-    stop_tx.send_replace(true);
-    let _ = tokio::time::timeout(Duration::from_secs(15), async { while bots.join_next().await.is_some() {} }).await;
+    stop.store(true, Ordering::Relaxed);
+    joins.abort_all();
+    let leaving = Arc::clone(&engines);
+    let _ = tokio::task::spawn_blocking(move || leaving.iter().for_each(engine::EngineHandle::join)).await;
+    rejoiner.abort();
     let run_time = Instant::now() - t0;
     // Gameservers drain first, then the allocator they report to.
     for p in local.into_iter().rev() {
@@ -359,6 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         bytes_out_per_s: stats.bytes_out.load(Ordering::Relaxed) as f64 / secs,
         servers: watched.iter().map(|w| w.report(joined_at_end, held)).collect(),
         loadtester: Some(me.report(joined_at_end, held)),
+        server_counters_per_s,
         slo_failures: Vec::new(),
         timeline,
     };
@@ -390,4 +453,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         std::fs::write(&path, report.svg()).with_context(|| path.display().to_string())?;
     }
     Ok(if report.slo_failures.is_empty() { 0 } else { 1 })
+}
+
+/// The gameservers' counters, summed.
+async fn sum_counters(procs: &[LocalProcess]) -> std::collections::BTreeMap<String, f64> {
+    let mut sum = std::collections::BTreeMap::new();
+    for p in procs.iter().filter(|p| p.name.starts_with("gs-")) {
+        for (k, v) in arena_loadtest::local::counters(p.http).await {
+            *sum.entry(k).or_insert(0.0) += v;
+        }
+    }
+    sum
 }

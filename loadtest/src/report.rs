@@ -73,6 +73,8 @@ pub struct Report {
     pub bytes_out_per_s: f64,
     pub servers: Vec<ProcReport>,
     pub loadtester: Option<ProcReport>,
+    /// Counters of the servers started with --local, summed, over the hold phase (per second).
+    pub server_counters_per_s: std::collections::BTreeMap<String, f64>,
     pub slo_failures: Vec<String>,
     pub timeline: Vec<Point>,
 }
@@ -135,6 +137,10 @@ impl Report {
                 p.rss_per_bot_bytes,
                 p.added_rss_per_bot_bytes
             );
+        }
+        let notable = |n: &str, v: f64| (n.contains("activity") || n.contains("dropped")) && v > 0.0;
+        for (name, rate) in self.server_counters_per_s.iter().filter(|(n, v)| notable(n, **v)) {
+            let _ = writeln!(o, "  {name}: {rate:.1}/s");
         }
         for f in &self.slo_failures {
             let _ = writeln!(o, "  SLO FAILED: {f}");
@@ -244,6 +250,7 @@ mod tests {
             bytes_out_per_s: 1e3,
             servers: vec![],
             loadtester: None,
+            server_counters_per_s: BTreeMap::new(),
             slo_failures: vec![],
             timeline: vec![
                 Point {

@@ -44,120 +44,27 @@ pub struct FrameRef {
     end: usize,
 }
 
+/// Received bytes and the frames in them, parsed in place.
 #[derive(Debug)]
-pub struct WsConn {
-    stream: TcpStream,
+pub struct FrameBuf {
     buf: Vec<u8>,
     /// Unparsed bytes are `buf[pos..len]`.
     pos: usize,
     len: usize,
-    mask_seed: u32,
-    out: Vec<u8>,
 }
 
-impl WsConn {
-    /// Connect to `addr`, upgrade on `path` asking for `subprotocol`.
-    pub async fn connect(addr: SocketAddr, path: &str, subprotocol: &str, timeout: Duration) -> Result<Self, WsError> {
-        tokio::time::timeout(timeout, Self::connect_inner(addr, path, subprotocol))
-            .await
-            .map_err(|_| WsError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+impl FrameBuf {
+    pub fn new() -> Self {
+        FrameBuf { buf: vec![0; READ_CHUNK], pos: 0, len: 0 }
     }
 
-    async fn connect_inner(addr: SocketAddr, path: &str, subprotocol: &str) -> Result<Self, WsError> {
-        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
-        let mut stream = socket.connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let seed = seed_from(&stream);
-        let key = base64_16(seed);
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await?;
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut len = 0;
-        let head_end = loop {
-            if len == buf.len() {
-                return Err(WsError::Refused("response headers too large".into()));
-            }
-            let n = stream.read(&mut buf[len..]).await?;
-            if n == 0 {
-                return Err(WsError::Eof);
-            }
-            len += n;
-            if let Some(i) = buf[..len].windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        if !head.starts_with("HTTP/1.1 101") {
-            let status = head.lines().next().unwrap_or("").to_owned();
-            let body = String::from_utf8_lossy(&buf[head_end..len]).trim().to_owned();
-            return Err(WsError::Refused(format!("{status}: {body}")));
-        }
-        let agreed = head
-            .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-protocol")))
-            .map(|(_, v)| v.trim().to_owned());
-        if agreed.as_deref() != Some(subprotocol) {
-            return Err(WsError::Refused(format!("server chose subprotocol {agreed:?}")));
-        }
-        Ok(WsConn { stream, buf, pos: head_end, len, mask_seed: seed | 1, out: Vec::with_capacity(256) })
-    }
-
-    fn next_mask(&mut self) -> [u8; 4] {
-        // xorshift32: masks need not be secret here, only vary (RFC 6455 §5.3).
-        let mut x = self.mask_seed;
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.mask_seed = x;
-        x.to_be_bytes()
-    }
-
-    /// Send one masked frame.
-    pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<(), WsError> {
-        let mask = self.next_mask();
-        self.out.clear();
-        write_client_frame(opcode, payload, mask, &mut self.out);
-        self.stream.write_all(&self.out).await?;
-        Ok(())
-    }
-
-    /// Send a close frame with `code`.
-    pub async fn close(&mut self, code: u16) -> Result<(), WsError> {
-        self.send(OP_CLOSE, &code.to_be_bytes()).await
-    }
-
-    /// The payload of a frame returned by [`read_frame`](Self::read_frame).
+    /// The payload of a frame returned by [`next_frame`](Self::next_frame).
     pub fn payload(&self, f: FrameRef) -> &[u8] {
         &self.buf[f.start..f.end]
     }
 
-    /// Wait for the next data frame (answering pings, reporting closes). Cancel-safe: bytes read
-    /// stay in the buffer.
-    pub async fn read_frame(&mut self) -> Result<FrameRef, WsError> {
-        loop {
-            while let Some(frame) = self.parse()? {
-                match frame.opcode {
-                    OP_TEXT | OP_BINARY => return Ok(frame),
-                    OP_CLOSE => {
-                        let p = self.payload(frame);
-                        let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
-                        return Err(WsError::Closed(code));
-                    }
-                    OP_PING => {
-                        let data = self.payload(frame).to_vec();
-                        self.send(OP_PONG, &data).await?;
-                    }
-                    _ => {}
-                }
-            }
-            self.fill().await?;
-        }
-    }
-
-    fn parse(&mut self) -> Result<Option<FrameRef>, WsError> {
+    /// The next complete frame, if the buffer holds one.
+    pub fn next_frame(&mut self) -> Result<Option<FrameRef>, WsError> {
         let b = &self.buf[self.pos..self.len];
         if b.len() < 2 {
             return Ok(None);
@@ -190,8 +97,9 @@ impl WsConn {
         Ok(Some(frame))
     }
 
-    async fn fill(&mut self) -> Result<(), WsError> {
-        // Move the unparsed tail to the front, grow only for a frame bigger than the buffer.
+    /// Room to read into: the unparsed tail moves to the front, and the buffer grows only for a
+    /// frame bigger than it.
+    pub fn space(&mut self) -> &mut [u8] {
         if self.pos > 0 {
             self.buf.copy_within(self.pos..self.len, 0);
             self.len -= self.pos;
@@ -200,13 +108,160 @@ impl WsConn {
         if self.len == self.buf.len() {
             self.buf.resize(self.buf.len() * 2, 0);
         }
-        let n = self.stream.read(&mut self.buf[self.len..]).await?;
-        if n == 0 {
-            return Err(WsError::Eof);
-        }
+        &mut self.buf[self.len..]
+    }
+
+    /// `n` bytes were read into [`space`](Self::space).
+    pub fn filled(&mut self, n: usize) {
         self.len += n;
+    }
+}
+
+impl Default for FrameBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Masked frames to send.
+#[derive(Debug)]
+pub struct FrameOut {
+    mask_seed: u32,
+    out: Vec<u8>,
+}
+
+impl FrameOut {
+    pub fn new(seed: u32) -> Self {
+        FrameOut { mask_seed: seed | 1, out: Vec::with_capacity(256) }
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        // xorshift32: masks need not be secret here, only vary (RFC 6455 §5.3).
+        let mut x = self.mask_seed;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_seed = x;
+        x.to_be_bytes()
+    }
+
+    /// The bytes of one masked frame.
+    pub fn frame(&mut self, opcode: u8, payload: &[u8]) -> &[u8] {
+        let mask = self.next_mask();
+        self.out.clear();
+        write_client_frame(opcode, payload, mask, &mut self.out);
+        &self.out
+    }
+}
+
+/// A connection during the join: async, on tokio.
+#[derive(Debug)]
+pub struct WsConn {
+    stream: TcpStream,
+    inbuf: FrameBuf,
+    outbuf: FrameOut,
+}
+
+impl WsConn {
+    /// Connect to `addr`, upgrade on `path` asking for `subprotocol`.
+    pub async fn connect(addr: SocketAddr, path: &str, subprotocol: &str, timeout: Duration) -> Result<Self, WsError> {
+        tokio::time::timeout(timeout, Self::connect_inner(addr, path, subprotocol))
+            .await
+            .map_err(|_| WsError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))?
+    }
+
+    async fn connect_inner(addr: SocketAddr, path: &str, subprotocol: &str) -> Result<Self, WsError> {
+        let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+        let mut stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let seed = seed_from(&stream);
+        let key = base64_16(seed);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Protocol: {subprotocol}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut inbuf = FrameBuf::new();
+        let head_end = loop {
+            if inbuf.len == inbuf.buf.len() {
+                return Err(WsError::Refused("response headers too large".into()));
+            }
+            let n = stream.read(&mut inbuf.buf[inbuf.len..]).await?;
+            if n == 0 {
+                return Err(WsError::Eof);
+            }
+            inbuf.len += n;
+            if let Some(i) = inbuf.buf[..inbuf.len].windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&inbuf.buf[..head_end]).to_string();
+        if !head.starts_with("HTTP/1.1 101") {
+            let status = head.lines().next().unwrap_or("").to_owned();
+            let body = String::from_utf8_lossy(&inbuf.buf[head_end..inbuf.len]).trim().to_owned();
+            return Err(WsError::Refused(format!("{status}: {body}")));
+        }
+        let agreed = head
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-protocol")))
+            .map(|(_, v)| v.trim().to_owned());
+        if agreed.as_deref() != Some(subprotocol) {
+            return Err(WsError::Refused(format!("server chose subprotocol {agreed:?}")));
+        }
+        inbuf.pos = head_end;
+        Ok(WsConn { stream, inbuf, outbuf: FrameOut::new(seed) })
+    }
+
+    /// Send one masked frame.
+    pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> Result<(), WsError> {
+        let bytes = self.outbuf.frame(opcode, payload);
+        self.stream.write_all(bytes).await?;
         Ok(())
     }
+
+    /// Send a close frame with `code`.
+    pub async fn close(&mut self, code: u16) -> Result<(), WsError> {
+        self.send(OP_CLOSE, &code.to_be_bytes()).await
+    }
+
+    /// The payload of a frame returned by [`read_frame`](Self::read_frame).
+    pub fn payload(&self, f: FrameRef) -> &[u8] {
+        self.inbuf.payload(f)
+    }
+
+    /// Wait for the next data frame (answering pings, reporting closes). Cancel-safe: bytes read
+    /// stay in the buffer.
+    pub async fn read_frame(&mut self) -> Result<FrameRef, WsError> {
+        loop {
+            while let Some(frame) = self.inbuf.next_frame()? {
+                match frame.opcode {
+                    OP_TEXT | OP_BINARY => return Ok(frame),
+                    OP_CLOSE => return Err(WsError::Closed(close_code(self.inbuf.payload(frame)))),
+                    OP_PING => {
+                        let data = self.inbuf.payload(frame).to_vec();
+                        self.send(OP_PONG, &data).await?;
+                    }
+                    _ => {}
+                }
+            }
+            let n = self.stream.read(self.inbuf.space()).await?;
+            if n == 0 {
+                return Err(WsError::Eof);
+            }
+            self.inbuf.filled(n);
+        }
+    }
+
+    /// Hand the connection over (to the play engine): the socket, what was read but not parsed,
+    /// and the masking state.
+    pub fn into_parts(self) -> io::Result<(std::net::TcpStream, FrameBuf, FrameOut)> {
+        Ok((self.stream.into_std()?, self.inbuf, self.outbuf))
+    }
+}
+
+/// The status code of a close frame's payload.
+pub fn close_code(payload: &[u8]) -> u16 {
+    if payload.len() >= 2 { u16::from_be_bytes([payload[0], payload[1]]) } else { 1005 }
 }
 
 /// Append a masked client frame.
