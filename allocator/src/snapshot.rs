@@ -8,10 +8,14 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use arena_sdk::allocator_api::ServerState;
+use arena_sdk::allocator_api::{Heartbeat, ServerState};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A gameserver as the registry knows it (stored as JSON in Redis, without its id, which is the
+/// hash field).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerView {
+    #[serde(skip)]
     pub id: String,
     pub region: String,
     pub ws: String,
@@ -23,6 +27,19 @@ pub struct ServerView {
 }
 
 impl ServerView {
+    /// The server a heartbeat describes, heard from at `now_ms`.
+    pub fn from_heartbeat(hb: &Heartbeat, now_ms: u64) -> Self {
+        ServerView {
+            id: hb.server_id.clone(),
+            region: hb.region.clone(),
+            ws: hb.endpoints.ws.clone(),
+            state: hb.state,
+            max_worlds: hb.max_worlds,
+            world_capacity: hb.world_capacity,
+            last_seen_ms: now_ms,
+        }
+    }
+
     /// Heard from within `timeout_ms` of `now_ms`.
     pub fn alive(&self, now_ms: u64, timeout_ms: u64) -> bool {
         now_ms <= self.last_seen_ms.saturating_add(timeout_ms)

@@ -82,18 +82,7 @@ impl MemoryRegistry {
 impl Registry for MemoryRegistry {
     async fn heartbeat(&self, hb: &Heartbeat, now_ms: u64) -> Result<HeartbeatReply, RegistryError> {
         let mut st = self.state.lock();
-        st.servers.insert(
-            hb.server_id.clone(),
-            ServerView {
-                id: hb.server_id.clone(),
-                region: hb.region.clone(),
-                ws: hb.endpoints.ws.clone(),
-                state: hb.state,
-                max_worlds: hb.max_worlds,
-                world_capacity: hb.world_capacity,
-                last_seen_ms: now_ms,
-            },
-        );
+        st.servers.insert(hb.server_id.clone(), ServerView::from_heartbeat(hb, now_ms));
         let mut reply = HeartbeatReply::default();
         let mut reported = HashSet::new();
         for w in &hb.worlds {

@@ -2,10 +2,9 @@
 //! one Lua script (`lua/`), so replicas racing for the last seats can never overfill a world or
 //! place one world twice: Redis runs one script at a time.
 
-use arena_sdk::allocator_api::{Heartbeat, HeartbeatReply, ServerState};
+use arena_sdk::allocator_api::{Heartbeat, HeartbeatReply};
 use redis::Script;
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
 
 use super::{Conflict, Registry, RegistryError, Reserve, ReserveKind, Reserved, Timing};
 use crate::snapshot::{ServerView, Snapshot, WorldView};
@@ -14,17 +13,6 @@ const COMMON: &str = include_str!("lua/common.lua");
 
 fn script(body: &str) -> Script {
     Script::new(&format!("{COMMON}\n{body}"))
-}
-
-/// A server as stored in `P:servers`.
-#[derive(Debug, Serialize, Deserialize)]
-struct StoredServer {
-    region: String,
-    ws: String,
-    state: ServerState,
-    max_worlds: u32,
-    world_capacity: u32,
-    last_seen_ms: u64,
 }
 
 pub struct RedisRegistry {
@@ -77,15 +65,8 @@ fn split_placement(v: &str) -> Option<(&str, u64)> {
 
 impl Registry for RedisRegistry {
     async fn heartbeat(&self, hb: &Heartbeat, now_ms: u64) -> Result<HeartbeatReply, RegistryError> {
-        let stored = StoredServer {
-            region: hb.region.clone(),
-            ws: hb.endpoints.ws.clone(),
-            state: hb.state,
-            max_worlds: hb.max_worlds,
-            world_capacity: hb.world_capacity,
-            last_seen_ms: now_ms,
-        };
-        let json = serde_json::to_string(&stored).map_err(|e| protocol(e.to_string()))?;
+        let json =
+            serde_json::to_string(&ServerView::from_heartbeat(hb, now_ms)).map_err(|e| protocol(e.to_string()))?;
         let mut inv = self.heartbeat.prepare_invoke();
         inv.arg(&self.prefix)
             .arg(&hb.server_id)
@@ -166,17 +147,9 @@ impl Registry for RedisRegistry {
         let mut snap = Snapshot::default();
         for (pair, count) in servers.chunks(2).zip(counts) {
             let [id, json] = pair else { return Err(protocol("odd server list")) };
-            let s: StoredServer = serde_json::from_str(json).map_err(|e| protocol(format!("server {id}: {e}")))?;
+            let s: ServerView = serde_json::from_str(json).map_err(|e| protocol(format!("server {id}: {e}")))?;
             snap.placed.insert(id.clone(), count);
-            snap.servers.push(ServerView {
-                id: id.clone(),
-                region: s.region,
-                ws: s.ws,
-                state: s.state,
-                max_worlds: s.max_worlds,
-                world_capacity: s.world_capacity,
-                last_seen_ms: s.last_seen_ms,
-            });
+            snap.servers.push(ServerView { id: id.clone(), ..s });
         }
         for (pair, placement) in open.chunks(2).zip(placements) {
             let [world, used] = pair else { return Err(protocol("odd open list")) };
