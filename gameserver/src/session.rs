@@ -105,6 +105,16 @@ impl Session {
         Step::Close { error: err, code: close::JOIN_REFUSED }
     }
 
+    /// A ping or pong frame arrived: it costs a message like any other. `None` when within the
+    /// rate; otherwise the violation to report.
+    pub fn on_control(&mut self, now: Duration) -> Option<Step> {
+        if self.rate.try_take(now) {
+            None
+        } else {
+            Some(self.violation(error(ErrorCode::RateLimited, "message rate exceeded (control frames count)"), now))
+        }
+    }
+
     /// Handle one data frame (`binary` tells its opcode).
     pub fn on_frame(&mut self, binary: bool, payload: &[u8], now: Duration) -> Step {
         if binary != self.enc.is_binary() {
@@ -225,6 +235,23 @@ mod tests {
             s.on_frame(false, &mv(seq), T0);
         }
         assert!(matches!(s.on_frame(false, &mv(41), Duration::from_millis(50)), Step::Input { .. }));
+    }
+
+    #[test]
+    fn control_frames_count_against_the_rate() {
+        let mut s = session();
+        for _ in 0..40 {
+            assert_eq!(s.on_control(T0), None);
+        }
+        let mut closed = false;
+        for _ in 0..20 {
+            if let Some(Step::Close { code, .. }) = s.on_control(T0) {
+                assert_eq!(code, close::POLICY_VIOLATION);
+                closed = true;
+                break;
+            }
+        }
+        assert!(closed, "a ping flood is closed like any flood");
     }
 
     #[test]

@@ -191,3 +191,44 @@ async fn handshake_without_a_known_subprotocol_is_refused_over_http() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn ping_flood_is_limited_then_closed() {
+    let server = TestServer::default().await;
+    let (mut bystander, _) = server.join(Encoding::Json, "arena", "bystander").await;
+    let (mut c, _) = server.join(Encoding::MsgPack, "arena", "pinger").await;
+    for _ in 0..2_000 {
+        if c.ws_mut().feed(Message::Ping(vec![1u8, 2, 3].into())).await.is_err() {
+            break;
+        }
+    }
+    let _ = c.ws_mut().flush().await;
+    let (code, seen) = recv_close(&mut c).await;
+    assert_eq!(code, close::POLICY_VIOLATION);
+    assert!(error_codes(&seen).contains(&"rate_limited"), "{seen:?}");
+    assert_still_served(&mut bystander).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn deeply_nested_messagepack_is_refused_not_fatal() {
+    let server = TestServer::default().await;
+    let (mut bystander, _) = server.join(Encoding::Json, "arena", "bystander").await;
+    let (mut c, _) = server.join(Encoding::MsgPack, "arena", "nester").await;
+    // 4,000 nested one-element arrays in one frame, then a map 4,000 deep.
+    let mut arrays = vec![0x91u8; 4_000];
+    arrays.push(0xc0);
+    c.ws_mut().send(Message::Binary(arrays.into())).await.unwrap();
+    assert_eq!(next_error(&mut c).await, "malformed");
+    let mut maps = Vec::new();
+    for _ in 0..1_300 {
+        maps.extend_from_slice(&[0x81, 0xa1, b'a']);
+    }
+    maps.push(0xc0);
+    c.ws_mut().send(Message::Binary(maps.into())).await.unwrap();
+    assert_eq!(next_error(&mut c).await, "malformed");
+    c.send(&ClientMsg::Ping { nonce: 5 }).await.unwrap();
+    recv_until(&mut c, |m, _| matches!(m, ServerMsg::Pong { nonce: 5 })).await;
+    assert_still_served(&mut bystander).await;
+    server.stop().await;
+}

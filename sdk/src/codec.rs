@@ -98,9 +98,18 @@ struct TypeProbe {
     ty: String,
 }
 
+/// Deepest nesting a message may have. `arena.v1` needs 6 levels; a hostile frame of a few KiB
+/// could otherwise nest thousands deep and exhaust the decoding thread's stack.
+pub const MAX_NESTING: usize = 16;
+
 fn decode_raw<'a, T: Deserialize<'a>>(enc: Encoding, bytes: &'a [u8]) -> Result<T, String> {
     match enc {
-        Encoding::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+        Encoding::MsgPack => {
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
+            de.set_max_depth(MAX_NESTING);
+            T::deserialize(&mut de).map_err(|e| e.to_string())
+        }
+        // serde_json stops at 128 levels by itself.
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| e.to_string()),
     }
 }
@@ -277,6 +286,16 @@ mod tests {
             let wrong = encode(enc, &serde_json::json!({"type": "ping", "nonce": "x"})).unwrap();
             assert!(matches!(decode_client(enc, &wrong), Err(DecodeError::Malformed(_))));
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused() {
+        let mut deep = vec![0x91u8; 5_000];
+        deep.push(0xc0);
+        assert!(matches!(decode_client(Encoding::MsgPack, &deep), Err(DecodeError::Malformed(_))));
+        let mut json = "[".repeat(5_000);
+        json.push_str(&"]".repeat(5_000));
+        assert!(matches!(decode_client(Encoding::Json, json.as_bytes()), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

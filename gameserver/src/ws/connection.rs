@@ -75,11 +75,32 @@ async fn run(conn: &Arc<Conn>, host: &Arc<Host>, leftover: Vec<u8>) {
         if conn.is_closed() {
             break End::ClosedByServer;
         }
+        // Checked on every frame, not only when the socket is idle: a client that keeps the
+        // socket busy must still be timed out and told about a drain.
+        if *drain.borrow() {
+            conn.close(close::GOING_AWAY, "server draining");
+            break End::ClosedByServer;
+        }
+        if seat.is_none() && tokio::time::Instant::now() >= join_deadline {
+            let error = ErrorMsg { code: ErrorCode::NotJoined, message: format!("no join within {:?}", cfg.join_timeout) };
+            close_with(conn, metrics, error, close::JOIN_TIMEOUT, "join_timeout");
+            break End::ClosedByServer;
+        }
+        // A busy socket never returns WouldBlock: give the rest of the runtime its turn.
+        tokio::task::consume_budget().await;
         let frame = match ws.read(&mut ConnIo(conn)) {
             Ok(Message::Text(text)) => (false, bytes::Bytes::from(text)),
             Ok(Message::Binary(bin)) => (true, bin),
             Ok(Message::Close(_)) => break End::Left,
-            Ok(_) => continue,
+            // Pings and pongs cost a message of the rate limit like any other frame.
+            Ok(Message::Ping(_) | Message::Pong(_)) => match session.on_control(host.now()) {
+                None => continue,
+                Some(step) => match carry_out(step, conn, host, &mut session, &mut seat).await {
+                    Some(end) => break end,
+                    None => continue,
+                },
+            },
+            Ok(Message::Frame(_)) => continue,
             Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                 tokio::select! {
                     ready = conn.stream().readable() => if ready.is_err() { break End::Dropped },
@@ -216,9 +237,15 @@ async fn linger(conn: &Arc<Conn>, limit: std::time::Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     let mut sink = [0u8; 1024];
     loop {
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
         match conn.stream().try_read(&mut sink) {
             Ok(0) => return,
-            Ok(_) => continue,
+            Ok(_) => {
+                tokio::task::consume_budget().await;
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(_) => return,
         }
