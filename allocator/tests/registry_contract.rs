@@ -181,6 +181,48 @@ async fn unknown_worlds_are_adopted_and_unreported_ones_forgotten<R: Registry>(r
     assert!(r.snapshot(now).await.unwrap().servers.is_empty());
 }
 
+async fn a_stale_copy_is_not_adopted_after_its_world_moved_and_was_let_go<R: Registry>(r: R) {
+    let now = unix_ms();
+    r.heartbeat(&hb("a", 2, vec![]), now).await.unwrap();
+    r.heartbeat(&hb("b", 2, vec![]), now).await.unwrap();
+    let f1 = ok_fence(r.reserve(&place("w", "a", "r1", now)).await.unwrap());
+    // a falls silent; w moves to b, which then drains and lets it go.
+    let later = now + 6_000;
+    r.heartbeat(&hb("b", 2, vec![]), later).await.unwrap();
+    let f2 = ok_fence(r.reserve(&place("w", "b", "r2", later)).await.unwrap());
+    r.heartbeat(&Heartbeat { state: ServerState::Draining, ..hb("b", 2, vec![]) }, later + 10).await.unwrap();
+    assert!(r.locate("w", later + 10).await.unwrap().is_none());
+    // a wakes up still holding w with the old fence: it must let it go, not be handed a new fence.
+    let stale = WorldReport { fence: f1, ..report("w", 1, &[]) };
+    let reply = r.heartbeat(&hb("a", 2, vec![stale]), later + 20).await.unwrap();
+    assert_eq!(reply.evict, vec!["w".to_string()]);
+    assert!(!reply.fences.contains_key("w"));
+    // The next placement of w still outranks both.
+    let f3 = ok_fence(r.reserve(&place("w", "a", "r3", later + 30)).await.unwrap());
+    assert!(f3 > f2 && f2 > f1);
+}
+
+async fn fences_keep_growing_past_what_servers_report<R: Registry>(r: R) {
+    let now = unix_ms();
+    // A server reports a world held with a large fence (from before a registry restart).
+    // Sixteen digits, like the in-memory registry's time-seeded fences.
+    let held = WorldReport { fence: 1_795_000_000_000_000, ..report("old", 1, &[]) };
+    let reply = r.heartbeat(&hb("a", 3, vec![held.clone()]), now).await.unwrap();
+    let adopted = reply.fences["old"];
+    assert!(adopted > held.fence, "{adopted} > {}", held.fence);
+    let fresh = ok_fence(r.reserve(&place("new", "a", "r1", now)).await.unwrap());
+    assert!(fresh > adopted);
+}
+
+async fn purged_servers_take_their_placements_along<R: Registry>(r: R) {
+    let now = unix_ms();
+    r.heartbeat(&hb("gone", 2, vec![]), now).await.unwrap();
+    ok_fence(r.reserve(&place("orphan", "gone", "r1", now)).await.unwrap());
+    assert_eq!(r.purge(now + 1).await.unwrap(), 1);
+    assert!(r.locate("orphan", now + 1).await.unwrap().is_none());
+    assert!(r.snapshot(now + 1).await.unwrap().worlds.is_empty());
+}
+
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -210,4 +252,7 @@ contract!(
     silent_servers_lose_their_worlds_with_a_higher_fence,
     world_room_and_draining_are_respected,
     unknown_worlds_are_adopted_and_unreported_ones_forgotten,
+    a_stale_copy_is_not_adopted_after_its_world_moved_and_was_let_go,
+    fences_keep_growing_past_what_servers_report,
+    purged_servers_take_their_placements_along,
 );

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     /// Bound on a graceful drain.
     pub drain_timeout: Duration,
     pub max_connections: usize,
+    /// Connections one address may hold before they join (handshaking or awaiting `join`).
+    pub max_unjoined_per_ip: usize,
     /// Cap on bytes queued for one client whose socket would block.
     pub max_queued_bytes: usize,
     /// Read buffer per connection.
@@ -74,6 +76,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_connections: 16_000,
+            max_unjoined_per_ip: 256,
             max_queued_bytes: 64 * 1024,
             read_buffer_bytes: 4 * 1024,
             socket_send_buffer: None,

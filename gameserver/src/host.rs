@@ -7,6 +7,7 @@
 //! `docs/benchmarks.md` for why no per-connection writer task).
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -203,6 +204,8 @@ pub struct Host {
     /// Start time (Unix ms) and a counter: session ids unique across restarts.
     boot_ms: u64,
     sessions: AtomicU64,
+    /// Connections per address that have not joined yet (bounded by the connection limit).
+    unjoined: Mutex<HashMap<IpAddr, usize>>,
 }
 
 impl std::fmt::Debug for Host {
@@ -235,6 +238,7 @@ impl Host {
             persist,
             boot_ms: unix_now_ms(),
             sessions: AtomicU64::new(0),
+            unjoined: Mutex::new(HashMap::new()),
         })
     }
 
@@ -280,6 +284,30 @@ impl Host {
     pub fn connection_closed(&self) {
         self.connections.fetch_sub(1, Ordering::Relaxed);
         self.metrics.connections.dec();
+    }
+
+    /// Count a connection from `ip` that has not joined yet; false when that address already
+    /// has as many as it may (they hold slots until they join or time out).
+    pub fn unjoined_opened(&self, ip: IpAddr) -> bool {
+        let mut m = self.unjoined.lock();
+        let n = m.entry(ip).or_insert(0);
+        if *n >= self.cfg.max_unjoined_per_ip {
+            Metrics::count(&self.metrics.clients_dropped, "reason", "unjoined_per_ip");
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// The connection from `ip` joined or ended.
+    pub fn unjoined_closed(&self, ip: IpAddr) {
+        let mut m = self.unjoined.lock();
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
     }
 
     pub fn connection_count(&self) -> usize {
@@ -387,8 +415,15 @@ impl Host {
             return Err(err(ErrorCode::TicketWrongServer, "the world was placed on another server; allocate again"));
         }
         let saved = persist.load(world).await.map_err(|e| unavailable(e.to_string()))?;
+        let saved_fence = saved.as_ref().map_or(0, |(f, _)| *f);
+        // A placement older than the newest snapshot is stale. Without an allocator (fence 0)
+        // the server takes the snapshot's fence and carries on from it.
+        if fence != 0 && saved_fence > fence {
+            return Err(err(ErrorCode::TicketWrongServer, "the world was placed on another server; allocate again"));
+        }
         let mut st = cell.state.lock();
-        if let Some(saved) = saved {
+        st.fence = st.fence.max(saved_fence);
+        if let Some((_, saved)) = saved {
             let world_cfg = WorldConfig { tick_hz: self.cfg.tick_hz, ..self.cfg.world.clone() };
             let tick = saved.world.tick();
             tracing::info!(world, tick, bots = saved.seats.len(), "world restored from its snapshot");
@@ -618,7 +653,16 @@ impl Host {
             st.room.disconnect(bot, conn_id);
         }
 
-        if st.room.idle_ticks().is_some_and(|t| t >= self.idle_unload_ticks) {
+        // With persistence, a world is unloaded only once a save covers it as it became empty.
+        let saved_since_empty = match (&self.persist, st.room.empty_since()) {
+            (None, _) => true,
+            (Some(p), Some(since)) => {
+                let saved = if p.pg.is_some() { st.saved_durable } else { st.saved_hot };
+                saved >= since
+            }
+            (Some(_), None) => false,
+        };
+        if saved_since_empty && st.room.idle_ticks().is_some_and(|t| t >= self.idle_unload_ticks) {
             st.closed = true;
             let mut rooms = self.rooms.lock();
             rooms.remove(&cell.world_id);
@@ -752,7 +796,13 @@ impl Host {
         }
         for world in refused {
             self.metrics.snapshots_refused.inc();
-            self.evict(world, "a newer placement of the world exists");
+            // Only the copy that was refused: the world may have been placed here again since,
+            // with a newer fence.
+            let written_with = batch.iter().filter(|e| e.world == *world).map(|e| e.fence).max().unwrap_or(0);
+            let cell = self.rooms.lock().get(world.as_str()).cloned();
+            if cell.is_some_and(|c| c.state.lock().fence <= written_with) {
+                self.evict(world, "a newer placement of the world exists");
+            }
         }
     }
 

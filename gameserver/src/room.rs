@@ -168,6 +168,11 @@ impl<C> Room<C> {
         self.empty_since.map(|t| self.world.tick() - t)
     }
 
+    /// The tick at which the room last became empty, if it is.
+    pub fn empty_since(&self) -> Option<Tick> {
+        self.empty_since
+    }
+
     fn seat_index(&self, bot: BotId) -> Option<usize> {
         self.seats.iter().position(|s| s.bot == bot)
     }

@@ -162,18 +162,32 @@ impl Server {
             for t in tasks {
                 let _ = t.await;
             }
-            // The ticks have stopped: save every world, end the sessions, flush the log.
-            if host.persist().is_some() {
-                let hot = snapshotter::save_now(&host, Store::Hot, true).await;
-                let durable = snapshotter::save_now(&host, Store::Durable, true).await;
+            // The ticks have stopped: save every world (retrying within the drain bound), end
+            // the sessions, flush the log.
+            let mut all_saved = true;
+            if let Some(p) = host.persist() {
+                let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
+                if p.redis.is_some() {
+                    all_saved &= snapshotter::save_all(&host, Store::Hot, deadline).await;
+                }
+                if p.pg.is_some() {
+                    all_saved &= snapshotter::save_all(&host, Store::Durable, deadline).await;
+                }
                 host.close_all_sessions();
-                tracing::info!(hot, durable, "final snapshots written");
+                if all_saved {
+                    tracing::info!("final snapshots written");
+                } else {
+                    tracing::error!(
+                        "final snapshots could not all be written; the worlds stay placed here until the allocator times this server out"
+                    );
+                }
             }
             persist_stop_tx.send_replace(true);
             if let Some(w) = writer {
                 let _ = w.await;
             }
-            if let Some(link) = &cfg.allocator {
+            // Let the allocator place the worlds elsewhere at once only when their state is saved.
+            if let Some(link) = cfg.allocator.as_ref().filter(|_| all_saved) {
                 crate::heartbeat::send_farewell(&host, link).await;
             }
             tracing::info!("stopped");

@@ -232,3 +232,34 @@ async fn deeply_nested_messagepack_is_refused_not_fatal() {
     assert_still_served(&mut bystander).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn one_address_cannot_hoard_unjoined_connections() {
+    let server = TestServer::start(ServerConfig { max_unjoined_per_ip: 3, ..config() }).await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(server.ws_addr).await.unwrap());
+    }
+    // The fourth is dropped at once.
+    let mut extra = TcpStream::connect(server.ws_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(common::WAIT, extra.read(&mut buf)).await.expect("closed at once").unwrap_or(0);
+    assert_eq!(n, 0);
+    // Joined bots do not count: once a slot frees, bots join as usual.
+    drop(idle.pop());
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        let mut c = match Client::connect(&server.ws_url, Encoding::Json).await {
+            Ok(c) => c,
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        c.join(&server.ticket("w", "after"), None).await.expect("join once a slot is free");
+        break;
+    }
+    let (_b, _) = server.join(Encoding::Json, "w", "another").await;
+    server.stop().await;
+}

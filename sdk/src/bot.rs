@@ -184,6 +184,8 @@ impl Bot {
             endpoint: None,
             token: None,
             events_dropped: 0,
+            failures: 0,
+            seated_at: None,
         };
         let (client, seat) = driver.allocate_and_join().await?;
         let (req_tx, req_rx) = mpsc::channel(64);
@@ -259,7 +261,14 @@ struct Driver {
     endpoint: Option<(String, Seat)>,
     token: Option<String>,
     events_dropped: u64,
+    /// Failed attempts in a row; reset only once a seat was held for a while, so that a seat
+    /// that is lost right after each join still backs off and runs out of attempts.
+    failures: u32,
+    seated_at: Option<tokio::time::Instant>,
 }
+
+/// A seat held this long counts as a success: the attempt count starts over.
+const STABLE_SEAT: Duration = Duration::from_secs(10);
 
 /// Why a connection ended, and what that means for the seat.
 enum Lost {
@@ -361,7 +370,9 @@ impl Driver {
 
     /// Get a seat back: resume while the seat may exist, allocate afresh once it is gone.
     async fn reconnect(&mut self, mut lost: Lost, events: &mpsc::Sender<BotEvent>) -> Option<Client> {
-        let mut attempt = 0u32;
+        if self.seated_at.is_some_and(|t| t.elapsed() >= STABLE_SEAT) {
+            self.failures = 0;
+        }
         let mut resumes = 0u32;
         loop {
             // A server that cannot be reached a few times in a row may be gone for good: ask the
@@ -378,6 +389,7 @@ impl Driver {
                 }
                 Lost::Resume(r) | Lost::Reallocate(r) => r.clone(),
             };
+            let attempt = self.failures;
             if let Some(max) = self.options.max_attempts
                 && attempt >= max
             {
@@ -385,11 +397,12 @@ impl Driver {
                 return None;
             }
             self.emit(events, BotEvent::Reconnecting { attempt, reason });
+            // The first try after a stable seat goes at once; later ones back off.
             if attempt > 0 {
                 let wait = self.options.backoff.delay(attempt - 1, self.rng.next_f64());
                 tokio::time::sleep(wait).await;
             }
-            attempt += 1;
+            self.failures += 1;
             let outcome = match (&lost, self.token.clone()) {
                 (Lost::Resume(_), Some(token)) => {
                     resumes += 1;
@@ -410,6 +423,7 @@ impl Driver {
             };
             match outcome {
                 Ok((client, seat)) => {
+                    self.seated_at = Some(tokio::time::Instant::now());
                     self.emit(events, BotEvent::Joined(seat));
                     return Some(client);
                 }
@@ -419,16 +433,24 @@ impl Driver {
     }
 
     async fn run(mut self, mut client: Client, mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<BotEvent>) {
+        self.seated_at = Some(tokio::time::Instant::now());
+        // Only what the server sends proves it alive; sending does not.
+        let mut heard = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 req = requests.recv() => match req {
                     Some(Request::Input(command, reply)) => {
-                        let r = client.input(command).await.map_err(BotError::from);
+                        let timeout = self.options.timeout;
+                        let r = match tokio::time::timeout(timeout, client.input(command)).await {
+                            Ok(r) => r.map_err(BotError::from),
+                            Err(_) => Err(BotError::Client(ClientError::Timeout(timeout))),
+                        };
                         let failed = r.is_err();
                         let _ = reply.send(r);
                         if failed {
                             let Some(c) = self.reconnect(Lost::Resume("send failed".into()), &events).await else { return };
                             client = c;
+                            heard = tokio::time::Instant::now();
                         }
                     }
                     Some(Request::Shutdown(done)) => {
@@ -440,13 +462,15 @@ impl Driver {
                     // The Bot was dropped.
                     None => return,
                 },
-                received = tokio::time::timeout(self.options.silence_timeout, client.recv()) => match received {
+                received = tokio::time::timeout_at(heard + self.options.silence_timeout, client.recv()) => match received {
                     Err(_) => {
                         let reason = format!("no message for {:?}", self.options.silence_timeout);
                         let Some(c) = self.reconnect(Lost::Resume(reason), &events).await else { return };
                         client = c;
+                        heard = tokio::time::Instant::now();
                     }
                     Ok(Ok(r)) => {
+                        heard = tokio::time::Instant::now();
                         let event = match (r.msg, r.event) {
                             (ServerMsg::Update(u), SessionEvent::Updated) => Some(BotEvent::Update(u)),
                             (_, SessionEvent::Resynced | SessionEvent::Welcomed) => Some(BotEvent::Resynced),
@@ -461,6 +485,7 @@ impl Driver {
                     Ok(Err(e)) => {
                         let Some(c) = self.reconnect(classify(&e), &events).await else { return };
                         client = c;
+                        heard = tokio::time::Instant::now();
                     }
                 },
             }

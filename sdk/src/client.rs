@@ -52,6 +52,8 @@ pub struct Client {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     enc: Encoding,
     session: ClientSession,
+    /// A `resync` is owed to the server (kept across a cancelled `recv`).
+    resync_owed: bool,
 }
 
 impl Client {
@@ -65,7 +67,7 @@ impl Client {
         if agreed != Some(enc.subprotocol()) {
             return Err(ClientError::Subprotocol(enc.subprotocol()));
         }
-        Ok(Client { ws, enc, session: ClientSession::new() })
+        Ok(Client { ws, enc, session: ClientSession::new(), resync_owed: false })
     }
 
     pub fn encoding(&self) -> Encoding {
@@ -131,6 +133,7 @@ impl Client {
 
     /// Receive the next message and apply it to the mirror. Sends `resync` when a gap is seen.
     pub async fn recv(&mut self) -> Result<Received, ClientError> {
+        self.send_owed_resync().await?;
         loop {
             let Some(frame) = self.ws.next().await else {
                 return Err(ClientError::Closed { code: 1006, reason: "connection lost".into() });
@@ -150,11 +153,21 @@ impl Client {
             let msg = decode_server(self.enc, &bytes)?;
             let event = self.session.handle(&msg);
             if matches!(event, SessionEvent::ResyncNeeded(_)) {
-                let resync = self.session.resync();
-                self.send(&resync).await?;
+                // Owed first, sent after: if this call is cancelled mid-send, the next sends it.
+                self.resync_owed = true;
+                self.send_owed_resync().await?;
             }
             return Ok(Received { msg, event });
         }
+    }
+
+    async fn send_owed_resync(&mut self) -> Result<(), ClientError> {
+        if self.resync_owed {
+            let resync = self.session.resync();
+            self.send(&resync).await?;
+            self.resync_owed = false;
+        }
+        Ok(())
     }
 
     /// [`recv`](Self::recv) with a deadline.

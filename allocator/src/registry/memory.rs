@@ -26,6 +26,9 @@ struct State {
     reservations: HashMap<String, BTreeMap<String, u64>>,
     server_worlds: HashMap<String, HashSet<String>>,
     fence: u64,
+    /// The last fence each world was placed with; kept when a placement is forgotten, so a
+    /// stale copy reported later is recognised.
+    last_fence: HashMap<String, u64>,
 }
 
 impl State {
@@ -55,6 +58,7 @@ impl State {
 
     fn place(&mut self, world: &str, server: &str, now_ms: u64) -> u64 {
         self.fence += 1;
+        self.last_fence.insert(world.to_owned(), self.fence);
         self.placements
             .insert(world.to_owned(), Placement { server: server.to_owned(), fence: self.fence, placed_ms: now_ms });
         self.server_worlds.entry(server.to_owned()).or_default().insert(world.to_owned());
@@ -74,8 +78,13 @@ pub struct MemoryRegistry {
 }
 
 impl MemoryRegistry {
+    /// An empty registry. Its fence counter starts at the current time in microseconds, so
+    /// fences keep growing across restarts of the allocator (worlds saved by gameservers keep
+    /// the fences they were placed with).
     pub fn new(timing: Timing) -> Self {
-        MemoryRegistry { state: Mutex::new(State::default()), timing }
+        let now_us =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        MemoryRegistry { state: Mutex::new(State { fence: now_us, ..State::default() }), timing }
     }
 }
 
@@ -87,13 +96,20 @@ impl Registry for MemoryRegistry {
         let mut reported = HashSet::new();
         for w in &hb.worlds {
             reported.insert(w.world_id.as_str());
+            // Fences only grow, whatever this registry remembers.
+            st.fence = st.fence.max(w.fence);
             match st.placements.get(&w.world_id).cloned() {
+                // A copy held with an older fence than the world's last placement is stale.
+                None if w.fence > 0 && w.fence < st.last_fence.get(&w.world_id).copied().unwrap_or(0) => {
+                    reply.evict.push(w.world_id.clone());
+                }
                 None => {
                     let fence = st.place(&w.world_id, &hb.server_id, now_ms);
                     st.occupancy.insert(w.world_id.clone(), w.occupancy);
                     reply.fences.insert(w.world_id.clone(), fence);
                 }
                 Some(p) if p.server == hb.server_id => {
+                    st.server_worlds.entry(hb.server_id.clone()).or_default().insert(w.world_id.clone());
                     st.occupancy.insert(w.world_id.clone(), w.occupancy);
                     if let Some(r) = st.reservations.get_mut(&w.world_id) {
                         for id in &w.joined {
@@ -192,6 +208,11 @@ impl Registry for MemoryRegistry {
         for id in &gone {
             st.servers.remove(id);
             st.server_worlds.remove(id);
+            let orphans: Vec<String> =
+                st.placements.iter().filter(|(_, p)| p.server == *id).map(|(w, _)| w.clone()).collect();
+            for w in orphans {
+                st.forget(&w);
+            }
         }
         Ok(gone.len())
     }

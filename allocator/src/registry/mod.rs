@@ -9,7 +9,9 @@
 //! - A heartbeat records the server (alive until `server_timeout_ms` passes without another),
 //!   the occupancy of each world it reports, and consumes the reservations its bots used to join.
 //!   A reported world that is placed on another server is to be evicted; one the registry does
-//!   not know is adopted (placed there with a new fence). A world placed on the server that it
+//!   not know is adopted (placed there with a new fence) — unless the fence the server holds is
+//!   older than the world's last placement: that copy is stale and evicted. Fences only grow:
+//!   reported fences raise the counter. A world placed on the server that it
 //!   has not reported for `placement_grace_ms`, with no live reservation, is forgotten — at once
 //!   when the server is draining (it saved the world and let it go).
 //! - A reservation takes a seat only if the server is alive and ready, the world is (still)
@@ -120,7 +122,7 @@ pub trait Registry: Send + Sync + 'static {
     fn locate(&self, world: &str, now_ms: u64)
     -> impl Future<Output = Result<Option<WorldView>, RegistryError>> + Send;
 
-    /// Forget servers not heard from since `before_ms`.
+    /// Forget servers not heard from since `before_ms`, and the placements they held.
     fn purge(&self, before_ms: u64) -> impl Future<Output = Result<usize, RegistryError>> + Send;
 
     /// Whether the registry answers.

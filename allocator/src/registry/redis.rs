@@ -75,7 +75,7 @@ impl Registry for RedisRegistry {
             .arg(self.timing.placement_grace_ms)
             .arg(hb.worlds.len());
         for w in &hb.worlds {
-            inv.arg(&w.world_id).arg(w.occupancy).arg(w.joined.len());
+            inv.arg(&w.world_id).arg(w.fence).arg(w.occupancy).arg(w.joined.len());
             for id in &w.joined {
                 inv.arg(id);
             }

@@ -154,8 +154,8 @@ impl Persist {
         }
     }
 
-    /// The newest saved state of `world`, from either store.
-    pub async fn load(&self, world: &str) -> Result<Option<SavedRoom>, StoreError> {
+    /// The newest saved state of `world`, from either store, with the fence it was saved under.
+    pub async fn load(&self, world: &str) -> Result<Option<(u64, SavedRoom)>, StoreError> {
         let hot = match &self.redis {
             Some(r) => r.load(world).await?,
             None => None,
@@ -165,7 +165,9 @@ impl Persist {
             None => None,
         };
         match newest(hot, durable) {
-            Some(e) => e.decode().map(Some).map_err(|err| StoreError::Corrupt(world.to_owned(), err)),
+            Some(e) => {
+                e.decode().map(|room| Some((e.fence, room))).map_err(|err| StoreError::Corrupt(world.to_owned(), err))
+            }
             None => Ok(None),
         }
     }

@@ -18,12 +18,28 @@ fn label(store: Store) -> &'static str {
     }
 }
 
-/// Save the worlds that changed (all of them with `all`) to `store`; returns how many were saved.
-pub async fn save_now(host: &Host, store: Store, all: bool) -> usize {
-    let Some(persist) = host.persist() else { return 0 };
+/// Save every world to `store`, retrying until `deadline`; true when all were saved.
+pub async fn save_all(host: &Host, store: Store, deadline: tokio::time::Instant) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if save_now(host, store, true).await.is_some() {
+            return true;
+        }
+        if tokio::time::Instant::now() + backoff > deadline {
+            return false;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Save the worlds that changed (all of them with `all`) to `store`; how many were saved, or
+/// `None` when the store failed.
+pub async fn save_now(host: &Host, store: Store, all: bool) -> Option<usize> {
+    let Some(persist) = host.persist() else { return Some(0) };
     let batch = host.worlds_to_save(store, all);
     if batch.is_empty() {
-        return 0;
+        return Some(0);
     }
     let result = match store {
         Store::Hot => persist.save_hot(&batch).await,
@@ -34,12 +50,12 @@ pub async fn save_now(host: &Host, store: Store, all: bool) -> usize {
             let saved = batch.len() - refused.len();
             host.metrics().snapshots_written.get_or_create(&[("store", label(store))]).inc_by(saved as u64);
             host.saved(store, &batch, &refused);
-            saved
+            Some(saved)
         }
         Err(e) => {
             Metrics::count(&host.metrics().snapshot_errors, "store", label(store));
             tracing::warn!(store = label(store), error = %e, worlds = batch.len(), "snapshot write failed; will retry");
-            0
+            None
         }
     }
 }

@@ -3,6 +3,7 @@
 //! through [`Conn`].
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arena_sdk::protocol::{ErrorCode, ErrorMsg, MAX_CLIENT_FRAME_BYTES, ServerMsg, close};
@@ -29,18 +30,29 @@ enum End {
 
 /// Serve one accepted TCP connection until it ends. `host.connection_opened()` was called for
 /// it; this calls `connection_closed()`.
-pub async fn serve(mut stream: TcpStream, host: Arc<Host>, conn_id: u64) {
+pub async fn serve(mut stream: TcpStream, host: Arc<Host>, conn_id: u64, peer: IpAddr) {
+    // Counted as unjoined (by the listener) until it joins or ends.
+    let mut unjoined = Some(peer);
     let cfg = host.config();
     let _ = stream.set_nodelay(true);
     if let Some(bytes) = cfg.socket_send_buffer {
         let _ = socket2::SockRef::from(&stream).set_send_buffer_size(bytes);
     }
-    match handshake::accept(&mut stream, || host.admission(), cfg.handshake_timeout).await {
+    // A drain does not wait for connections that are still shaking hands.
+    let mut drain = host.drain_signal();
+    let accepted = tokio::select! {
+        r = handshake::accept(&mut stream, || host.admission(), cfg.handshake_timeout) => r,
+        () = crate::server::until_true(&mut drain) => Err(handshake::HandshakeError::Eof),
+    };
+    match accepted {
         Ok(accepted) => {
             let conn = Conn::new(conn_id, accepted.enc, stream, cfg.max_queued_bytes, Arc::clone(host.metrics()));
-            run(&conn, &host, accepted.leftover).await;
+            run(&conn, &host, accepted.leftover, &mut unjoined).await;
         }
         Err(e) => tracing::debug!(error = %e, "handshake did not complete"),
+    }
+    if let Some(ip) = unjoined {
+        host.unjoined_closed(ip);
     }
     host.connection_closed();
 }
@@ -56,7 +68,7 @@ fn close_with(conn: &Arc<Conn>, metrics: &Metrics, error: ErrorMsg, code: u16, r
     conn.close(code, reason);
 }
 
-async fn run(conn: &Arc<Conn>, host: &Arc<Host>, leftover: Vec<u8>) {
+async fn run(conn: &Arc<Conn>, host: &Arc<Host>, leftover: Vec<u8>, unjoined: &mut Option<IpAddr>) {
     let cfg = host.config();
     let metrics = host.metrics();
     let ws_config = WebSocketConfig::default()
@@ -82,7 +94,8 @@ async fn run(conn: &Arc<Conn>, host: &Arc<Host>, leftover: Vec<u8>) {
             break End::ClosedByServer;
         }
         if seat.is_none() && tokio::time::Instant::now() >= join_deadline {
-            let error = ErrorMsg { code: ErrorCode::NotJoined, message: format!("no join within {:?}", cfg.join_timeout) };
+            let error =
+                ErrorMsg { code: ErrorCode::NotJoined, message: format!("no join within {:?}", cfg.join_timeout) };
             close_with(conn, metrics, error, close::JOIN_TIMEOUT, "join_timeout");
             break End::ClosedByServer;
         }
@@ -141,6 +154,11 @@ async fn run(conn: &Arc<Conn>, host: &Arc<Host>, leftover: Vec<u8>) {
         let step = session.on_frame(frame.0, &frame.1, host.now());
         if let Some(end) = carry_out(step, conn, host, &mut session, &mut seat).await {
             break end;
+        }
+        if seat.is_some()
+            && let Some(ip) = unjoined.take()
+        {
+            host.unjoined_closed(ip);
         }
     };
 

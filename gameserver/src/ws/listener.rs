@@ -25,9 +25,15 @@ pub async fn accept_loop(listener: TcpListener, host: Arc<Host>, mut stop: watch
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
+                    // Unjoined connections hold slots for up to the handshake and join timeouts:
+                    // one address may not take them all.
+                    if !host.unjoined_opened(peer.ip()) {
+                        drop(stream);
+                        continue;
+                    }
                     let id = host.connection_opened();
-                    tokio::spawn(connection::serve(stream, Arc::clone(&host), id));
+                    tokio::spawn(connection::serve(stream, Arc::clone(&host), id, peer.ip()));
                 }
                 Err(e) => {
                     // Out of file descriptors or a transient failure: back off, keep serving.

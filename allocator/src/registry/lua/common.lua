@@ -7,6 +7,12 @@
 --   P:open           zset  world id -> seats used, for worlds with a free seat (snapshots list these)
 --   P:sw:<server>    set   worlds placed on the server
 --   P:fence          counter of placement generations (only grows)
+--   P:lastfence      hash  world id -> the fence of its last placement (kept when forgotten)
+
+-- Integers as text: Lua's default number formatting switches to exponents past 14 digits.
+local function int(x)
+  return string.format('%d', x)
+end
 
 local function split_placement(v)
   local s, f, t = string.match(v, '^(.*)|(%d+)|(%d+)$')
@@ -50,7 +56,8 @@ end
 -- Place a world on a server with a new fence.
 local function place(P, world, server, now_s, occupancy, capacity)
   local fence = redis.call('INCR', P .. ':fence')
-  redis.call('HSET', P .. ':placement', world, server .. '|' .. fence .. '|' .. now_s)
+  redis.call('HSET', P .. ':lastfence', world, int(fence))
+  redis.call('HSET', P .. ':placement', world, server .. '|' .. int(fence) .. '|' .. now_s)
   redis.call('SADD', P .. ':sw:' .. server, world)
   redis.call('HSET', P .. ':occ', world, occupancy)
   note_used(P, world, tonumber(occupancy), capacity)

@@ -1,6 +1,7 @@
 -- Record a gameserver's heartbeat.
 -- ARGV: prefix, server id, server JSON (with last_seen_ms = now), now (ms), placement grace (ms),
---       number of worlds, then per world: world id, occupancy, n, and n joined reservation ids.
+--       number of worlds, then per world: world id, fence held, occupancy, n, and n joined
+--       reservation ids.
 -- Returns {fences (world, fence, world, fence, ...), evict (world, ...)}.
 local P, sid, sjson, now_s = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, grace = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -13,18 +14,27 @@ local draining = me.state == 'draining'
 local fences, evict, reported = {}, {}, {}
 local n, i = tonumber(ARGV[6]), 7
 for _ = 1, n do
-  local world, occ, nj = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
+  local world, held, occ, nj = ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], tonumber(ARGV[i + 3])
+  i = i + 4
   reported[world] = true
+  -- Fences only grow, whatever this registry remembers.
+  if tonumber(redis.call('GET', P .. ':fence') or '0') < held then
+    redis.call('SET', P .. ':fence', ARGV[i - 3])
+  end
   local current = redis.call('HGET', P .. ':placement', world)
-  if not current then
+  local last = tonumber(redis.call('HGET', P .. ':lastfence', world) or '0')
+  if not current and held > 0 and held < last then
+    -- A copy held with an older fence than the world's last placement is stale.
+    table.insert(evict, world)
+  elseif not current then
     -- Unknown here (a registry that restarted, a direct join): adopt it.
     local f = place(P, world, sid, now_s, occ, capacity)
     table.insert(fences, world)
-    table.insert(fences, tostring(f))
+    table.insert(fences, int(f))
   else
     local ps, pf = split_placement(current)
     if ps == sid then
+      redis.call('SADD', P .. ':sw:' .. sid, world)
       redis.call('HSET', P .. ':occ', world, occ)
       local rkey = P .. ':res:' .. world
       for j = 0, nj - 1 do
@@ -32,7 +42,7 @@ for _ = 1, n do
       end
       note_used(P, world, tonumber(occ) + live_reservations(P, world, now), capacity)
       table.insert(fences, world)
-      table.insert(fences, tostring(pf))
+      table.insert(fences, int(pf))
     else
       table.insert(evict, world)
     end

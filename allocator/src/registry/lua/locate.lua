@@ -5,4 +5,4 @@ local current = redis.call('HGET', P .. ':placement', world)
 if not current then return {} end
 local ps, pf = split_placement(current)
 local used = tonumber(redis.call('HGET', P .. ':occ', world) or '0') + live_reservations(P, world, now)
-return {ps, tostring(pf), tostring(used)}
+return {ps, int(pf), int(used)}

@@ -24,7 +24,7 @@ else
     if ps == server then
       fence = pf
     elseif alive_server(P, ps, now, timeout) then
-      return {'live_elsewhere', ps, tostring(pf)}
+      return {'live_elsewhere', ps, int(pf)}
     else
       -- Its server stopped reporting: the world moves.
       forget(P, world, ps)
@@ -43,7 +43,9 @@ if used >= capacity then
 end
 local rkey = P .. ':res:' .. world
 redis.call('ZADD', rkey, expires, id)
--- Reservations share one lifetime, so the newest expires last.
-redis.call('PEXPIREAT', rkey, expires)
+-- The key lives as long as its longest reservation (never shortened by another replica).
+if redis.call('PEXPIRETIME', rkey) < expires then
+  redis.call('PEXPIREAT', rkey, expires)
+end
 note_used(P, world, used + 1, capacity)
-return {'ok', tostring(fence), tostring(used + 1)}
+return {'ok', int(fence), int(used + 1)}
