@@ -78,6 +78,8 @@ async fn main() {
                         max_worlds: 1_000,
                         world_capacity: 30,
                         worlds: vec![],
+                        load: None,
+                        version: None,
                     };
                     let r =
                         client.post(format!("{base}/v1/servers/heartbeat")).bearer_auth(&key).json(&hb).send().await;

@@ -15,6 +15,7 @@ use arena_allocator::registry::{Registry, Timing};
 use arena_allocator::server;
 use arena_allocator::service::{AllocationRules, Allocator};
 use arena_sdk::ticket::TicketKey;
+use arena_service::http::HttpLimits;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
@@ -56,6 +57,15 @@ struct ServeArgs {
     /// Seconds an unused reservation (and its ticket) lives.
     #[arg(long, env = "ARENA_RESERVATION_TTL_SECS", default_value_t = 15)]
     reservation_ttl_secs: u64,
+    /// Seconds each call to the registry may take before the request is answered 503.
+    #[arg(long, env = "ARENA_REGISTRY_TIMEOUT_SECS", default_value_t = 1.0)]
+    registry_timeout_secs: f64,
+    /// Most open HTTP connections (more wait in the listen backlog).
+    #[arg(long, env = "ARENA_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Write the bound address here (JSON) once serving.
+    #[arg(long, env = "ARENA_READY_FILE")]
+    ready_file: Option<std::path::PathBuf>,
     /// Requests per second per API key (sustained; bursts of twice that).
     #[arg(long, env = "ARENA_KEY_RATE", default_value_t = 20_000.0)]
     key_rate: f64,
@@ -105,7 +115,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             TicketKey::development()
         }
     };
-    let keys = Keys::new(list("ARENA_API_KEYS"), list("ARENA_SERVER_KEYS"));
+    let keys = Keys::new(list("ARENA_API_KEYS"), list("ARENA_SERVER_KEYS")).context("ARENA_SERVER_KEYS")?;
     if keys.is_development() {
         tracing::warn!("ARENA_API_KEYS / ARENA_SERVER_KEYS are not set: accepting the development key (loopback only)");
     }
@@ -121,15 +131,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     let timing = Timing {
-        server_timeout_ms: (args.server_timeout_secs.max(0.1) * 1000.0) as u64,
+        server_timeout_ms: (args.server_timeout_secs.max(0.5) * 1000.0) as u64,
         placement_grace_ms: (args.reservation_ttl_secs + 5) * 1000,
+        ..Timing::default()
     };
+    let registry_timeout = Duration::from_secs_f64(args.registry_timeout_secs.clamp(0.05, 30.0));
     let rules = AllocationRules {
-        server_timeout: Duration::from_millis(timing.server_timeout_ms),
         reservation_ttl: Duration::from_secs(args.reservation_ttl_secs.clamp(1, 3600)),
         regions: args.regions.clone(),
+        registry_timeout,
+        stale_after: (registry_timeout + Duration::from_millis(500)).max(Duration::from_millis(1500)),
         ..AllocationRules::default()
     };
+    let http = HttpLimits { max_connections: args.max_connections.max(1), ..HttpLimits::default() };
     let limits = LimitConfig {
         per_key: Rate { per_sec: args.key_rate, burst: args.key_rate * 2.0 },
         per_ip: Rate { per_sec: args.ip_rate, burst: args.ip_rate * 2.0 },
@@ -137,49 +151,47 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    let serving = Serving { listener, rules, signing_key, keys, limits, http, ready_file: args.ready_file.clone() };
     match &args.redis_url {
         Some(url) => {
-            let registry =
-                RedisRegistry::connect(url, &args.redis_prefix, timing).await.context("connecting to Redis")?;
-            tracing::info!(listen = %args.listen, prefix = %args.redis_prefix, "registry: Redis (shared by every replica)");
-            run(listener, registry, rules, signing_key, keys, limits).await
+            let registry = RedisRegistry::connect(url, &args.redis_prefix, timing, registry_timeout)
+                .await
+                .context("connecting to Redis")?;
+            tracing::info!(listen = %bound, prefix = %args.redis_prefix, "registry: Redis (shared by every replica)");
+            run(serving, registry).await
         }
         None => {
-            tracing::info!(listen = %args.listen, "registry: in memory (embedded default, single allocator process)");
-            run(listener, MemoryRegistry::new(timing), rules, signing_key, keys, limits).await
+            tracing::info!(listen = %bound, "registry: in memory (embedded default, single allocator process)");
+            run(serving, MemoryRegistry::new(timing)).await
         }
     }
 }
 
-async fn run<R: Registry>(
+/// What serving needs besides the registry.
+struct Serving {
     listener: tokio::net::TcpListener,
-    registry: R,
     rules: AllocationRules,
     signing_key: TicketKey,
     keys: Keys,
     limits: LimitConfig,
-) -> anyhow::Result<()> {
-    let allocator = Allocator::new(registry, rules, signing_key, Arc::new(Metrics::new()));
+    http: HttpLimits,
+    ready_file: Option<std::path::PathBuf>,
+}
+
+async fn run<R: Registry>(s: Serving, registry: R) -> anyhow::Result<()> {
+    let allocator = Allocator::new(registry, s.rules, s.signing_key, Arc::new(Metrics::new()));
     if let Err(e) = allocator.refresh().await {
         tracing::warn!(error = %e, "first index refresh failed; retrying in the background");
     }
-    let app = Arc::new(App { allocator, keys, limiter: Limiter::new(limits) });
-    server::spawn(listener, app, shutdown_signal()).await??;
+    let app = Arc::new(App::new(allocator, s.keys, Limiter::new(s.limits)));
+    let addr = s.listener.local_addr()?;
+    let handle = server::spawn(s.listener, app, s.http, arena_service::signal::terminate());
+    if let Some(path) = &s.ready_file {
+        arena_service::ready::write(path, &serde_json::json!({ "http": addr, "pid": std::process::id() }))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    handle.await??;
     tracing::info!("stopped");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
 }

@@ -7,8 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::policy::Clock;
-use crate::snapshot::Index;
+use crate::snapshot::{Index, Liveness};
 
 type Labels = [(&'static str, &'static str); 1];
 
@@ -22,6 +21,12 @@ pub struct Metrics {
     pub conflicts: Family<Labels, Counter>,
     pub heartbeats: Counter,
     pub registry_errors: Counter,
+    /// Allocations that gave a bot back the seat it held.
+    pub held_seats: Counter,
+    /// Open HTTP connections.
+    pub http_connections: Gauge,
+    /// Age of this replica's view of the registry, in seconds.
+    pub index_age_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub servers_ready: Gauge,
     pub worlds: Gauge,
     /// Seats used (occupied + reserved) and seats available on ready servers.
@@ -47,6 +52,9 @@ impl Metrics {
             conflicts: Family::default(),
             heartbeats: Counter::default(),
             registry_errors: Counter::default(),
+            held_seats: Counter::default(),
+            http_connections: Gauge::default(),
+            index_age_seconds: Gauge::default(),
             servers_ready: Gauge::default(),
             worlds: Gauge::default(),
             seats_used: Gauge::default(),
@@ -62,7 +70,10 @@ impl Metrics {
         );
         r.register("reservation_conflicts", "Reservations refused by the registry and retried", m.conflicts.clone());
         r.register("heartbeats", "Gameserver heartbeats recorded", m.heartbeats.clone());
-        r.register("registry_errors", "Registry operations that failed", m.registry_errors.clone());
+        r.register("registry_errors", "Registry operations that failed or timed out", m.registry_errors.clone());
+        r.register("held_seats", "Allocations that gave a bot back the seat it held", m.held_seats.clone());
+        r.register("http_connections", "Open HTTP connections", m.http_connections.clone());
+        r.register("index_age_seconds", "Age of this replica's view of the registry", m.index_age_seconds.clone());
         r.register("servers_ready", "Gameservers alive and ready", m.servers_ready.clone());
         r.register("worlds", "Worlds placed", m.worlds.clone());
         r.register("seats_used", "Seats occupied or reserved", m.seats_used.clone());
@@ -75,8 +86,8 @@ impl Metrics {
     }
 
     /// Refresh the gauges from a fresh index.
-    pub fn observe_index(&self, index: &Index, clock: Clock) {
-        let ready: Vec<_> = index.servers().filter(|s| s.view.ready(clock.now_ms, clock.server_timeout_ms)).collect();
+    pub fn observe_index(&self, index: &Index, l: Liveness) {
+        let ready: Vec<_> = index.servers().filter(|s| s.view.ready(l)).collect();
         self.servers_ready.set(ready.len() as i64);
         self.worlds.set(index.worlds().count() as i64);
         self.seats_used.set(index.servers().map(|s| i64::from(s.bots)).sum());

@@ -6,14 +6,18 @@
 //! - Without: in each region by preference, first a free seat in an existing world, then a new
 //!   world. `packed` takes the fullest world with a free seat on the fullest server, and places
 //!   new worlds on the fullest server with world room, so as few servers as possible are busy;
-//!   `distributed` gives the bot to the least utilised server (a seat in its fullest open world,
+//!   `distributed` gives the bot to the least full server (a seat in its fullest open world,
 //!   or a new world there), spreading load. A region without room spills over to the next.
+//!
+//! A server's room is the lesser of its free seats and what its tick budget still allows (it
+//! reports that); a server past its budget takes no new bots. Liveness is judged on the
+//! registry's clock.
 
 use std::collections::HashSet;
 
 use arena_sdk::allocator_api::Scheduling;
 
-use crate::snapshot::{Index, ServerEntry};
+use crate::snapshot::{Index, Liveness, ServerEntry};
 
 /// What is asked, already validated.
 #[derive(Debug, Clone, Copy)]
@@ -29,14 +33,6 @@ pub struct Want<'a> {
 pub struct Avoid {
     pub worlds: HashSet<String>,
     pub servers: HashSet<String>,
-}
-
-/// Liveness rule.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub now_ms: u64,
-    /// A server not heard from for this long gets no seats.
-    pub server_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,29 +59,24 @@ pub enum Unavailable {
     WorldFull,
     /// The requested world is live on a server that is draining.
     WorldMoving,
+    /// The requested world is live on a server past its tick budget.
+    WorldBusy,
 }
 
-fn usable(s: &ServerEntry, clock: Clock, avoid: &Avoid) -> bool {
-    s.view.ready(clock.now_ms, clock.server_timeout_ms) && !avoid.servers.contains(&s.view.id)
+fn usable(s: &ServerEntry, l: Liveness, avoid: &Avoid) -> bool {
+    s.takes_new_bots(l) && !avoid.servers.contains(&s.view.id)
 }
 
 /// Regions to try, in order: the requested ones; with no preference, every region — the
 /// fullest with room first when packing, the emptiest first when distributing.
-pub fn region_order(index: &Index, want: &[String], scheduling: Scheduling, clock: Clock) -> Vec<String> {
+pub fn region_order(index: &Index, want: &[String], scheduling: Scheduling, l: Liveness) -> Vec<String> {
     if !want.is_empty() {
         return want.to_vec();
     }
     let mut all: Vec<(String, u64)> = index
         .regions()
         .map(|r| {
-            let free: u64 = index
-                .servers_in(r)
-                .filter(|s| s.view.ready(clock.now_ms, clock.server_timeout_ms))
-                .map(|s| {
-                    let seats = u64::from(s.view.max_worlds) * u64::from(s.view.world_capacity);
-                    seats.saturating_sub(u64::from(s.bots))
-                })
-                .sum();
+            let free: u64 = index.servers_in(r).filter(|s| s.takes_new_bots(l)).map(ServerEntry::free_seats).sum();
             (r.to_owned(), free)
         })
         .filter(|(_, free)| *free > 0)
@@ -102,14 +93,14 @@ fn server_order<'a>(
     index: &'a Index,
     region: &str,
     scheduling: Scheduling,
-    clock: Clock,
+    l: Liveness,
     avoid: &Avoid,
 ) -> Vec<&'a ServerEntry> {
-    let mut servers: Vec<&ServerEntry> = index.servers_in(region).filter(|s| usable(s, clock, avoid)).collect();
+    let mut servers: Vec<&ServerEntry> = index.servers_in(region).filter(|s| usable(s, l, avoid)).collect();
     match scheduling {
         Scheduling::Packed => servers.sort_by(|a, b| b.bots.cmp(&a.bots).then_with(|| a.view.id.cmp(&b.view.id))),
         Scheduling::Distributed => {
-            servers.sort_by(|a, b| a.utilisation().total_cmp(&b.utilisation()).then_with(|| a.view.id.cmp(&b.view.id)))
+            servers.sort_by(|a, b| a.fill().total_cmp(&b.fill()).then_with(|| a.view.id.cmp(&b.view.id)))
         }
     }
     servers
@@ -124,28 +115,37 @@ fn open_world<'a>(s: &'a ServerEntry, avoid: &Avoid) -> Option<&'a str> {
     None
 }
 
-pub fn choose(index: &Index, want: Want<'_>, clock: Clock, avoid: &Avoid) -> Decision {
-    let regions = region_order(index, want.regions, want.scheduling, clock);
+/// Decide for `want`. `holds` says the bot holds a seat in the requested world already: it
+/// needs no free seat there, and no tick budget.
+pub fn choose(index: &Index, want: Want<'_>, l: Liveness, avoid: &Avoid) -> Decision {
+    choose_for(index, want, l, avoid, false)
+}
+
+/// [`choose`], for a bot that holds a seat in `want.world` when `holds`.
+pub fn choose_for(index: &Index, want: Want<'_>, l: Liveness, avoid: &Avoid, holds: bool) -> Decision {
+    let regions = region_order(index, want.regions, want.scheduling, l);
     if let Some(world) = want.world {
         if let Some(w) = index.world(world)
             && let Some(s) = index.server(&w.server)
-            && s.view.alive(clock.now_ms, clock.server_timeout_ms)
+            && s.view.alive(l)
         {
-            if !s.view.ready(clock.now_ms, clock.server_timeout_ms) {
+            if !s.view.ready(l) || avoid.servers.contains(&w.server) {
                 return Decision::Unavailable(Unavailable::WorldMoving);
             }
-            if w.used >= s.view.world_capacity || avoid.worlds.contains(world) {
+            if !holds && (w.used >= s.view.world_capacity || avoid.worlds.contains(world)) {
                 return Decision::Unavailable(Unavailable::WorldFull);
             }
-            if avoid.servers.contains(&w.server) {
-                return Decision::Unavailable(Unavailable::WorldMoving);
+            if !holds && s.room_left == 0 {
+                return Decision::Unavailable(Unavailable::WorldBusy);
             }
             return Decision::Seat { world: world.to_owned(), server: w.server.clone(), fence: w.fence };
         }
-        // Not live anywhere: place it.
+        // Not live anywhere: place it (regions in preference; with none, any that has room).
+        let everywhere: Vec<String> = index.regions().map(str::to_owned).collect();
+        let regions = if regions.is_empty() && want.regions.is_empty() { everywhere } else { regions };
         for region in &regions {
             if let Some(s) =
-                server_order(index, region, want.scheduling, clock, avoid).into_iter().find(|s| s.has_world_room())
+                server_order(index, region, want.scheduling, l, avoid).into_iter().find(|s| s.has_world_room())
             {
                 return Decision::Place { world: Some(world.to_owned()), server: s.view.id.clone() };
             }
@@ -153,7 +153,7 @@ pub fn choose(index: &Index, want: Want<'_>, clock: Clock, avoid: &Avoid) -> Dec
         return Decision::Unavailable(Unavailable::NoCapacity);
     }
     for region in &regions {
-        let servers = server_order(index, region, want.scheduling, clock, avoid);
+        let servers = server_order(index, region, want.scheduling, l, avoid);
         let seat = |s: &ServerEntry| {
             open_world(s, avoid).map(|w| Decision::Seat {
                 world: w.to_owned(),
@@ -182,9 +182,9 @@ pub fn choose(index: &Index, want: Want<'_>, clock: Clock, avoid: &Avoid) -> Dec
 mod tests {
     use super::*;
     use crate::snapshot::{ServerView, Snapshot, WorldView};
-    use arena_sdk::allocator_api::ServerState;
+    use arena_sdk::allocator_api::{ServerLoad, ServerState};
 
-    const NOW: Clock = Clock { now_ms: 10_000, server_timeout_ms: 5_000 };
+    const NOW: Liveness = Liveness { now_ms: 10_000, resume_ms: 0, timeout_ms: 5_000 };
 
     fn server(id: &str, region: &str, max_worlds: u32) -> ServerView {
         ServerView {
@@ -195,6 +195,8 @@ mod tests {
             max_worlds,
             world_capacity: 30,
             last_seen_ms: 9_000,
+            load: None,
+            version: None,
         }
     }
 
@@ -308,7 +310,6 @@ mod tests {
     #[test]
     fn requested_world_goes_where_it_lives_or_is_placed() {
         let snap = Snapshot {
-            placed: Default::default(),
             servers: vec![
                 server("a", "us", 2),
                 ServerView { last_seen_ms: 1, ..server("dead", "us", 2) },
@@ -321,6 +322,7 @@ mod tests {
                 world("lost", "dead", 4),
                 world("moving", "drain", 2),
             ],
+            ..Snapshot::default()
         };
         let ix = Index::build(&snap);
         let want = |w: &'static str, regions: &'static [String]| Want {
@@ -348,14 +350,31 @@ mod tests {
             choose(&ix, want("brand-new", eu), NOW, &Avoid::default()),
             Decision::Place { world: Some("brand-new".into()), server: "e".into() }
         );
+        // A bot that holds a seat in a full world gets it back.
+        assert_eq!(choose_for(&ix, want("full", none), NOW, &Avoid::default(), true), seat("full", "a"));
+    }
+
+    #[test]
+    fn a_server_past_its_tick_budget_takes_no_new_bots() {
+        let busy = ServerView { load: Some(ServerLoad { tick: 1.3, bots: 7000, room: 0 }), ..server("a", "us", 300) };
+        let snap = Snapshot {
+            servers: vec![busy, server("b", "us", 300)],
+            worlds: vec![world("a1", "a", 20), world("b1", "b", 2)],
+            ..Snapshot::default()
+        };
+        let ix = Index::build(&snap);
+        assert_eq!(choose(&ix, any(), NOW, &Avoid::default()), seat("b1", "b"), "steered away from a");
+        let want = Want { regions: &[], world: Some("a1"), scheduling: Scheduling::Packed };
+        assert_eq!(choose(&ix, want, NOW, &Avoid::default()), Decision::Unavailable(Unavailable::WorldBusy));
+        assert_eq!(choose_for(&ix, want, NOW, &Avoid::default(), true), seat("a1", "a"), "held seats still go there");
     }
 
     #[test]
     fn conflicts_steer_the_retry() {
         let snap = Snapshot {
-            placed: Default::default(),
             servers: vec![server("a", "us", 2), server("b", "us", 2)],
             worlds: vec![world("a1", "a", 20), world("b1", "b", 10)],
+            ..Snapshot::default()
         };
         let ix = Index::build(&snap);
         let mut avoid = Avoid::default();
@@ -370,9 +389,9 @@ mod tests {
     #[test]
     fn any_region_packs_the_fullest_or_spreads_to_the_emptiest() {
         let snap = Snapshot {
-            placed: Default::default(),
             servers: vec![server("a", "us", 1), server("e", "eu", 4), server("x", "ap", 1)],
             worlds: vec![world("a1", "a", 29), world("x1", "x", 30)],
+            ..Snapshot::default()
         };
         let ix = Index::build(&snap);
         assert_eq!(region_order(&ix, &[], Scheduling::Packed, NOW), vec!["us", "eu"], "full regions are skipped");

@@ -1,12 +1,15 @@
-//! Wiring: the HTTP listener, the index refresher, and graceful shutdown.
+//! Wiring: the HTTP listener (`arena_service::http`: connection cap, head and body deadlines),
+//! the index refresher (which is also what readiness is judged on), purging, and graceful
+//! shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arena_service::http::HttpLimits;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{App, router};
 use crate::registry::Registry;
@@ -20,45 +23,63 @@ pub const PURGE_AFTER: Duration = Duration::from_secs(300);
 pub fn spawn<R: Registry>(
     listener: TcpListener,
     app: Arc<App<R>>,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<std::io::Result<()>> {
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let refresher = {
-        let app = Arc::clone(&app);
-        let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REFRESH_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut since_purge = Duration::ZERO;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.wait_for(|s| *s) => return,
-                }
-                if let Err(e) = app.allocator.refresh().await {
-                    app.allocator.metrics().registry_errors.inc();
-                    tracing::warn!(error = %e, "index refresh failed");
-                }
-                since_purge += REFRESH_EVERY;
-                if since_purge >= Duration::from_secs(10) {
-                    since_purge = Duration::ZERO;
-                    let before = crate::unix_ms().saturating_sub(PURGE_AFTER.as_millis() as u64);
-                    if let Err(e) = app.allocator.registry().purge(before).await {
-                        tracing::warn!(error = %e, "purge failed");
-                    }
-                }
-            }
-        })
-    };
-    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = CancellationToken::new();
+    let refresher = tokio::spawn(refresh_loop(Arc::clone(&app), stop.clone()));
+    let open = Some(app.allocator.metrics().http_connections.clone());
+    let service = router(app);
     tokio::spawn(async move {
-        let graceful = async move {
+        let stopper = stop.clone();
+        tokio::spawn(async move {
             shutdown.await;
-            let _ = stop_tx.send(true);
-        };
-        let served = axum::serve(listener, service).with_graceful_shutdown(graceful).await;
-        let _ = stop_rx.wait_for(|s| *s).await;
+            stopper.cancel();
+        });
+        let served = arena_service::http::serve(listener, service, limits, stop.clone(), open).await;
+        stop.cancel();
         let _ = refresher.await;
         served
     })
+}
+
+/// Rebuild the index four times a second (each read under the registry deadline); purge silent
+/// servers every ten seconds.
+async fn refresh_loop<R: Registry>(app: Arc<App<R>>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(REFRESH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut since_purge = Duration::ZERO;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match app.allocator.refresh().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("the registry answers again");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "index refresh failed");
+                }
+                failing = true;
+            }
+        }
+        let age = app.allocator.index_age().map_or(f64::INFINITY, |a| a.as_secs_f64());
+        app.allocator.metrics().index_age_seconds.set(age);
+        since_purge += REFRESH_EVERY;
+        if since_purge >= Duration::from_secs(10) && !failing {
+            since_purge = Duration::ZERO;
+            let registry = app.allocator.registry();
+            let limit = app.allocator.rules().registry_timeout;
+            match tokio::time::timeout(limit, registry.purge(PURGE_AFTER.as_millis() as u64)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "purge failed"),
+                Err(_) => tracing::warn!("purge timed out"),
+            }
+        }
+    }
 }

@@ -1,19 +1,32 @@
 //! The registry's state as the allocator sees it, and an index of it built for fast decisions.
 //!
-//! A [`Snapshot`] is what the registry returns (every server, every placed world). Each
-//! allocator replica turns it into an [`Index`] a few times a second and keeps the index current
-//! with the outcome of its own reservations in between, so a decision costs a lookup, not a scan.
-//! The registry's atomic reservation has the last word; the index only has to be a good guess.
+//! A [`Snapshot`] is what the registry returns (its time, every server, every placed world).
+//! Each allocator replica turns it into an [`Index`] a few times a second and keeps the index
+//! current with the outcome of its own reservations in between, so a decision costs a lookup,
+//! not a scan. The registry's atomic reservation has the last word; the index only has to be a
+//! good guess. Liveness is judged on the registry's clock (the snapshot's time plus the time
+//! since it was taken), never on the replica's wall clock.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use arena_sdk::allocator_api::{Heartbeat, ServerState};
+use arena_sdk::allocator_api::{Heartbeat, ServerLoad, ServerState};
 use serde::{Deserialize, Serialize};
+
+/// Whether servers are alive, on the registry's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Liveness {
+    /// The registry's time.
+    pub now_ms: u64,
+    /// When the registry came back from a blackout: servers count as heard from then.
+    pub resume_ms: u64,
+    /// A server not heard from for this long gets no seats.
+    pub timeout_ms: u64,
+}
 
 /// A gameserver as the registry knows it (stored as JSON in Redis, without its id, which is the
 /// hash field).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerView {
     #[serde(skip)]
     pub id: String,
@@ -22,8 +35,13 @@ pub struct ServerView {
     pub state: ServerState,
     pub max_worlds: u32,
     pub world_capacity: u32,
-    /// When its last heartbeat arrived (Unix milliseconds).
+    /// When its last heartbeat arrived (Unix milliseconds, registry time).
     pub last_seen_ms: u64,
+    /// Its measured load, if it reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<ServerLoad>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 impl ServerView {
@@ -37,17 +55,24 @@ impl ServerView {
             max_worlds: hb.max_worlds,
             world_capacity: hb.world_capacity,
             last_seen_ms: now_ms,
+            load: hb.load,
+            version: hb.version.clone(),
         }
     }
 
-    /// Heard from within `timeout_ms` of `now_ms`.
-    pub fn alive(&self, now_ms: u64, timeout_ms: u64) -> bool {
-        now_ms <= self.last_seen_ms.saturating_add(timeout_ms)
+    /// Heard from within the timeout (counting from a blackout's end at the earliest).
+    pub fn alive(&self, l: Liveness) -> bool {
+        l.now_ms <= self.last_seen_ms.max(l.resume_ms).saturating_add(l.timeout_ms)
     }
 
-    /// Alive and taking new seats.
-    pub fn ready(&self, now_ms: u64, timeout_ms: u64) -> bool {
-        self.state == ServerState::Ready && self.alive(now_ms, timeout_ms)
+    /// Alive and taking seats.
+    pub fn ready(&self, l: Liveness) -> bool {
+        self.state == ServerState::Ready && self.alive(l)
+    }
+
+    /// Bots its tick budget still allows, as it last reported (unbounded without a report).
+    pub fn load_room(&self) -> u32 {
+        self.load.map_or(u32::MAX, |l| l.room)
     }
 }
 
@@ -61,11 +86,17 @@ pub struct WorldView {
     pub used: u32,
 }
 
-/// What the registry hands a replica: every server, how many worlds each holds, and the worlds
-/// that have a free seat. Full worlds are only counted, not listed: a packed fleet has few open
-/// worlds and many full ones, so the snapshot stays small as the fleet grows.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the registry hands a replica: its time, every server, how many worlds each holds, and
+/// the worlds that have a free seat. Full worlds are only counted, not listed: a packed fleet has
+/// few open worlds and many full ones, so the snapshot stays small as the fleet grows.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
+    /// The registry's time when it answered.
+    pub now_ms: u64,
+    /// When the registry came back from its last blackout (0: never).
+    pub resume_ms: u64,
+    /// When it last heard from any server (0: never).
+    pub heard_ms: u64,
     pub servers: Vec<ServerView>,
     /// Worlds placed on each server; a server missing here holds the worlds listed for it.
     pub placed: HashMap<String, u32>,
@@ -80,11 +111,25 @@ pub struct ServerEntry {
     pub bots: u32,
     /// Worlds placed on it.
     pub worlds: u32,
+    /// Bots its tick budget still allows: its last report, less the seats this replica gave it
+    /// since.
+    pub room_left: u32,
     /// Its worlds with a free seat, fullest first.
     open: BTreeSet<(Reverse<u32>, String)>,
 }
 
 impl ServerEntry {
+    /// Whether it takes new bots: ready, and not past its tick budget.
+    pub fn takes_new_bots(&self, l: Liveness) -> bool {
+        self.view.ready(l) && self.room_left > 0
+    }
+
+    /// Free seats: the lesser of its seats and what its tick budget still allows.
+    pub fn free_seats(&self) -> u64 {
+        let seats = u64::from(self.view.max_worlds) * u64::from(self.view.world_capacity);
+        seats.saturating_sub(u64::from(self.bots)).min(u64::from(self.room_left))
+    }
+
     /// The fullest world with a free seat.
     pub fn fullest_open_world(&self) -> Option<(&str, u32)> {
         self.open.iter().next().map(|(Reverse(used), w)| (w.as_str(), *used))
@@ -95,9 +140,15 @@ impl ServerEntry {
     }
 
     /// Share of its seats in use, counting seats of worlds it could still place.
-    pub fn utilisation(&self) -> f64 {
+    pub fn seat_utilisation(&self) -> f64 {
         let seats = f64::from(self.view.max_worlds) * f64::from(self.view.world_capacity);
         if seats == 0.0 { 1.0 } else { f64::from(self.bots) / seats }
+    }
+
+    /// How full it is: its seats or its tick budget, whichever is further used.
+    pub fn fill(&self) -> f64 {
+        let tick = self.view.load.map_or(0.0, |l| f64::from(l.tick));
+        self.seat_utilisation().max(tick)
     }
 }
 
@@ -114,14 +165,21 @@ pub struct Index {
     servers: HashMap<String, ServerEntry>,
     worlds: HashMap<String, WorldEntry>,
     regions: BTreeMap<String, Vec<String>>,
+    /// The snapshot's registry time, blackout end, and last heartbeat from anyone.
+    pub now_ms: u64,
+    pub resume_ms: u64,
+    pub heard_ms: u64,
 }
 
 impl Index {
     pub fn build(snap: &Snapshot) -> Self {
-        let mut ix = Index::default();
+        let mut ix =
+            Index { now_ms: snap.now_ms, resume_ms: snap.resume_ms, heard_ms: snap.heard_ms, ..Index::default() };
         for s in &snap.servers {
             ix.regions.entry(s.region.clone()).or_default().push(s.id.clone());
-            ix.servers.insert(s.id.clone(), ServerEntry { view: s.clone(), bots: 0, worlds: 0, open: BTreeSet::new() });
+            let entry =
+                ServerEntry { view: s.clone(), bots: 0, worlds: 0, room_left: s.load_room(), open: BTreeSet::new() };
+            ix.servers.insert(s.id.clone(), entry);
         }
         for w in &snap.worlds {
             ix.set_world(&w.id, &w.server, w.fence, w.used);
@@ -214,6 +272,9 @@ impl Index {
             None => (fence, 1),
         };
         self.set_world(world, server, fence, used);
+        if let Some(s) = self.servers.get_mut(server) {
+            s.room_left = s.room_left.saturating_sub(1);
+        }
     }
 
     /// The registry confirmed a reservation: `used` is its count, which may lag the seats this
@@ -227,6 +288,9 @@ impl Index {
     pub fn forget_pending_seat(&mut self, world: &str) {
         if let Some(w) = self.worlds.get(world).cloned() {
             self.set_world(world, &w.server, w.fence, w.used.saturating_sub(1));
+            if let Some(s) = self.servers.get_mut(&w.server) {
+                s.room_left = s.room_left.saturating_add(1);
+            }
         }
     }
 
@@ -277,6 +341,8 @@ mod tests {
             max_worlds,
             world_capacity: 30,
             last_seen_ms: 1_000,
+            load: None,
+            version: None,
         }
     }
 
@@ -289,6 +355,7 @@ mod tests {
                 WorldView { id: "w1".into(), server: "a".into(), fence: 1, used: 10 },
                 WorldView { id: "w2".into(), server: "a".into(), fence: 2, used: 30 },
             ],
+            ..Snapshot::default()
         };
         let mut ix = Index::build(&snap);
         let a = ix.server("a").unwrap();
@@ -312,6 +379,7 @@ mod tests {
             servers: vec![server("a", "us", 10)],
             placed: HashMap::from([("a".to_string(), 4)]),
             worlds: vec![WorldView { id: "w1".into(), server: "a".into(), fence: 1, used: 10 }],
+            ..Snapshot::default()
         };
         let mut ix = Index::build(&snap);
         let a = ix.server("a").unwrap();
@@ -324,11 +392,28 @@ mod tests {
     }
 
     #[test]
-    fn liveness_follows_the_timeout() {
+    fn liveness_follows_the_timeout_on_the_registrys_clock() {
         let s = server("a", "us", 1);
-        assert!(s.alive(6_000, 5_000));
-        assert!(!s.alive(6_001, 5_000));
+        let at = |now_ms| Liveness { now_ms, resume_ms: 0, timeout_ms: 5_000 };
+        assert!(s.alive(at(6_000)));
+        assert!(!s.alive(at(6_001)));
+        // After a blackout of the registry, servers count as heard from when it came back.
+        assert!(s.alive(Liveness { resume_ms: 9_000, ..at(14_000) }));
         let draining = ServerView { state: ServerState::Draining, ..s };
-        assert!(draining.alive(1_000, 5_000) && !draining.ready(1_000, 5_000));
+        assert!(draining.alive(at(1_000)) && !draining.ready(at(1_000)));
+    }
+
+    #[test]
+    fn room_is_the_lesser_of_seats_and_tick_budget() {
+        let loaded = ServerView { load: Some(ServerLoad { tick: 0.9, bots: 40, room: 2 }), ..server("a", "us", 10) };
+        let snap = Snapshot { servers: vec![loaded], ..Snapshot::default() };
+        let mut ix = Index::build(&snap);
+        assert_eq!(ix.server("a").unwrap().free_seats(), 2);
+        ix.count_pending_seat("w", "a", 1);
+        ix.count_pending_seat("w", "a", 1);
+        let l = Liveness { now_ms: 1_000, resume_ms: 0, timeout_ms: 5_000 };
+        assert!(!ix.server("a").unwrap().takes_new_bots(l), "past its budget: no new bots");
+        ix.forget_pending_seat("w");
+        assert!(ix.server("a").unwrap().takes_new_bots(l));
     }
 }

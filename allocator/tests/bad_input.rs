@@ -6,7 +6,6 @@ use arena_allocator::ratelimit::{LimitConfig, Rate};
 use arena_allocator::registry::memory::MemoryRegistry;
 use arena_allocator::registry::{Registry, Timing};
 use arena_allocator::service::AllocationRules;
-use arena_allocator::unix_ms;
 use arena_sdk::allocator_api::{Endpoints, Heartbeat, ServerState};
 use common::{KEY, LocalAllocator};
 use serde_json::{Value, json};
@@ -14,18 +13,17 @@ use serde_json::{Value, json};
 async fn with_server(limits: LimitConfig) -> (LocalAllocator, reqwest::Client) {
     let registry = MemoryRegistry::new(Timing::default());
     registry
-        .heartbeat(
-            &Heartbeat {
-                server_id: "gs-1".into(),
-                region: "us-west-2".into(),
-                endpoints: Endpoints { ws: "ws://127.0.0.1:1/ws".into() },
-                state: ServerState::Ready,
-                max_worlds: 10,
-                world_capacity: 30,
-                worlds: vec![],
-            },
-            unix_ms(),
-        )
+        .heartbeat(&Heartbeat {
+            server_id: "gs-1".into(),
+            region: "us-west-2".into(),
+            endpoints: Endpoints { ws: "ws://127.0.0.1:1/ws".into() },
+            state: ServerState::Ready,
+            max_worlds: 10,
+            world_capacity: 30,
+            worlds: vec![],
+            load: None,
+            version: None,
+        })
         .await
         .unwrap();
     let a = LocalAllocator::start(registry, AllocationRules::default(), limits).await;
@@ -172,4 +170,72 @@ async fn rate_limits_answer_429_with_retry_after() {
     // The waiting loop above used some of the burst; the rest is spent here and then refused.
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.iter().all(|s| *s == 200 || *s == 429), "{statuses:?}");
+}
+
+/// Send raw bytes, read the whole answer: status and JSON body.
+async fn raw_http(base: &str, request: &[u8]) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn every_refusal_is_json() {
+    let (a, _) = with_server(LimitConfig::default()).await;
+    let auth = format!("Authorization: Bearer {KEY}\r\n");
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "wrong method",
+            b"GET /v1/allocations HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            "bad path escape",
+            format!("DELETE /v1/allocations/%FF%FE HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n")
+                .into_bytes(),
+            400,
+            "bad_request",
+        ),
+        (
+            "head too large",
+            format!("GET /v1/regions HTTP/1.1\r\nHost: a\r\nX-Pad: {}\r\n\r\n", "p".repeat(40_000)).into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        ("not HTTP", b"\x16\x03\x01\x02\x00 hello\r\n\r\n".to_vec(), 400, "bad_request"),
+        (
+            "unknown endpoint",
+            b"GET /v1/nothing HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+            404,
+            "not_found",
+        ),
+    ];
+    for (name, request, status, code) in cases {
+        let (got, v) = raw_http(&a.base, &request).await;
+        assert_eq!((got, v["error"]["code"].as_str()), (status, Some(code)), "{name}: {v}");
+        assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}: {v}");
+    }
+    // Truncated JSON: the body is named as a whole, never a field "?".
+    let body = br#"{"bot_id": "a""#;
+    let req = format!(
+        "POST /v1/allocations HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        String::from_utf8_lossy(body)
+    );
+    let (got, v) = raw_http(&a.base, req.as_bytes()).await;
+    assert_eq!((got, v["error"]["code"].as_str()), (400, Some("bad_request")), "{v}");
+    assert!(v["error"].get("field").is_none(), "no made-up field: {v}");
+    // A body that never arrives: the deadline answers 408, in JSON.
+    let req =
+        format!("POST /v1/allocations HTTP/1.1\r\nHost: a\r\n{auth}Content-Length: 100\r\nConnection: close\r\n\r\n{{");
+    let (got, v) = raw_http(&a.base, req.as_bytes()).await;
+    assert_eq!((got, v["error"]["code"].as_str()), (408, Some("timeout")), "{v}");
 }

@@ -7,8 +7,14 @@ use std::time::Duration;
 
 use arena_sdk::Encoding;
 use arena_sdk::client::Client;
-use common::{KEY, WAIT, allocate, allocator_process, gameserver_process, wait_json};
+use arena_testkit::process::{AllocatorOpts, GameserverOpts, allocator, gameserver};
+use arena_testkit::stores::{clear_redis, redis_prefix, shared_redis};
+use common::{KEY, WAIT, allocate, wait_json};
 use serde_json::{Value, json};
+
+fn server(id: &str, allocator: &str, region: &str, max_worlds: u32, capacity: u32) -> GameserverOpts {
+    GameserverOpts { region: region.into(), max_worlds, capacity, ..GameserverOpts::new(id, allocator) }
+}
 
 async fn join(v: &Value) -> Client {
     let ws = v["endpoints"]["ws"].as_str().unwrap();
@@ -22,10 +28,10 @@ async fn join(v: &Value) -> Client {
 #[tokio::test]
 async fn two_regions_spill_over_and_a_killed_servers_world_moves() {
     // The embedded default: an in-memory registry, gameservers in separate processes.
-    // Heartbeats come every second; a loaded machine may delay one, so allow two.
-    let (_alloc, base) = allocator_process(None, 2.0).await;
-    let (mut us, _, _) = gameserver_process(&base, "gs-us", "us-west-2", 1, 2).await;
-    let (_eu, _, _) = gameserver_process(&base, "gs-eu", "eu-central-1", 3, 2).await;
+    let alloc = allocator(AllocatorOpts::default()).await;
+    let base = alloc.url.clone();
+    let mut us = gameserver(server("gs-us", &base, "us-west-2", 1, 2)).await;
+    let _eu = gameserver(server("gs-eu", &base, "eu-central-1", 3, 2)).await;
     let client = reqwest::Client::new();
     wait_json(&client, &format!("{base}/v1/regions"), "both regions ready", |v| {
         v.as_array().is_some_and(|r| r.len() == 2 && r.iter().all(|x| x["servers_ready"] == 1))
@@ -58,15 +64,16 @@ async fn two_regions_spill_over_and_a_killed_servers_world_moves() {
     let (status, v) = allocate(&client, &base, json!({"bot_id": "late", "world_id": us_world})).await;
     assert_eq!((status, v["error"]["code"].as_str()), (429, Some("world_unavailable")), "{v}");
 
-    // The us server dies. Once the allocator stops hearing from it (2 s), its world is placed
-    // on the server that is left, with a higher fencing token.
-    us.kill();
+    // The us server dies. Until the allocator stops hearing from it (3 s), bot-0 — which holds
+    // a seat in the world — is sent back there; after, the world is placed on the server that is
+    // left, with a higher fencing token, and bot-0 gets its seat there.
+    us.proc.kill();
     drop(bots);
     let deadline = tokio::time::Instant::now() + WAIT;
     let moved = loop {
         let (status, v) =
             allocate(&client, &base, json!({"bot_id": "bot-0", "world_id": us_world, "regions": prefs})).await;
-        if status == 200 {
+        if status == 200 && v["server_id"] != "gs-us" {
             break v;
         }
         assert!(tokio::time::Instant::now() < deadline, "the world never moved: {v}");
@@ -86,11 +93,18 @@ async fn two_regions_spill_over_and_a_killed_servers_world_moves() {
 
 #[tokio::test]
 async fn two_allocators_on_redis_race_for_the_last_seats() {
-    let url = std::env::var("ARENA_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let prefix = format!("{{arena-race-{}}}", arena_sdk::ticket::new_nonce());
-    let (_a1, base1) = allocator_process(Some((&url, &prefix)), 5.0).await;
-    let (_a2, base2) = allocator_process(Some((&url, &prefix)), 5.0).await;
-    let (_gs, _, gs_http) = gameserver_process(&base1, "gs-race", "us-west-2", 2, 30).await;
+    let url = shared_redis();
+    let prefix = redis_prefix("race-");
+    let shared = AllocatorOpts {
+        redis: Some((url.clone(), prefix.clone())),
+        server_timeout_secs: 5.0,
+        ..AllocatorOpts::default()
+    };
+    let a1 = allocator(shared.clone()).await;
+    let a2 = allocator(shared).await;
+    let (base1, base2) = (a1.url.clone(), a2.url.clone());
+    let gs = gameserver(server("gs-race", &base1, "us-west-2", 2, 30)).await;
+    let gs_http = gs.http_url.clone();
     let client = reqwest::Client::new();
     for base in [&base1, &base2] {
         wait_json(&client, &format!("{base}/v1/servers"), "the server in both indexes", |v| {
@@ -141,8 +155,5 @@ async fn two_allocators_on_redis_race_for_the_last_seats() {
     assert!(!metrics.contains(r#"arena_joins_total{result="world_full"}"#), "no join found a full world");
     wait_json(&client, &format!("{base2}/v1/servers"), "60 seats used", |v| v[0]["seats_used"] == 60).await;
 
-    let redis = ::redis::Client::open(url.as_str()).unwrap();
-    let mut con = redis.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = ::redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut con).await.unwrap();
-    let _: () = ::redis::cmd("DEL").arg(keys).query_async(&mut con).await.unwrap();
+    clear_redis(&url, &prefix).await;
 }

@@ -1,18 +1,21 @@
 //! The registry in Redis, shared by every allocator replica. Each operation that changes state is
 //! one Lua script (`lua/`), so replicas racing for the last seats can never overfill a world or
-//! place one world twice: Redis runs one script at a time.
+//! place one world twice: Redis runs one script at a time. The scripts read Redis's own clock.
+//! Every call has a deadline (the connection's response timeout), and the connection comes back
+//! by itself when Redis does.
+
+use std::time::Duration;
 
 use arena_sdk::allocator_api::{Heartbeat, HeartbeatReply};
 use redis::Script;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{Conflict, Registry, RegistryError, Reserve, ReserveKind, Reserved, Timing};
+use super::schema::{LUA_PRELUDE, Timing};
+use super::{Conflict, Located, Registry, RegistryError, Reserve, ReserveKind, Reserved};
 use crate::snapshot::{ServerView, Snapshot, WorldView};
 
-const COMMON: &str = include_str!("lua/common.lua");
-
 fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
+    Script::new(&format!("{LUA_PRELUDE}\n{body}"))
 }
 
 pub struct RedisRegistry {
@@ -34,10 +37,19 @@ impl std::fmt::Debug for RedisRegistry {
 }
 
 impl RedisRegistry {
-    /// Connect to `url`; every key starts with `prefix` (use a hash tag, e.g. `{arena}`).
-    pub async fn connect(url: &str, prefix: &str, timing: Timing) -> Result<Self, RegistryError> {
+    /// Connect to `url`; every key starts with `prefix` (use a hash tag, e.g. `{arena}`). Every
+    /// command answers within `deadline` or fails.
+    pub async fn connect(url: &str, prefix: &str, timing: Timing, deadline: Duration) -> Result<Self, RegistryError> {
         let client = redis::Client::open(url)?;
-        let conn = ConnectionManager::new(client).await?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(deadline))
+            .set_response_timeout(Some(deadline))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = tokio::time::timeout(deadline, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| RegistryError::Timeout(deadline))??;
         Ok(RedisRegistry {
             conn,
             prefix: prefix.to_owned(),
@@ -63,30 +75,61 @@ fn split_placement(v: &str) -> Option<(&str, u64)> {
     Some((parts.next()?, fence))
 }
 
+fn pairs(list: &[String], what: &str) -> Result<Vec<(String, u64)>, RegistryError> {
+    list.chunks(2)
+        .map(|pair| match pair {
+            [w, f] => Ok((w.clone(), f.parse().map_err(|_| protocol(format!("{what}: bad fence")))?)),
+            _ => Err(protocol(format!("odd {what} list"))),
+        })
+        .collect()
+}
+
 impl Registry for RedisRegistry {
-    async fn heartbeat(&self, hb: &Heartbeat, now_ms: u64) -> Result<HeartbeatReply, RegistryError> {
-        let json =
-            serde_json::to_string(&ServerView::from_heartbeat(hb, now_ms)).map_err(|e| protocol(e.to_string()))?;
+    async fn heartbeat(&self, hb: &Heartbeat) -> Result<HeartbeatReply, RegistryError> {
+        let json = serde_json::to_string(&ServerView::from_heartbeat(hb, 0)).map_err(|e| protocol(e.to_string()))?;
+        let t = &self.timing;
         let mut inv = self.heartbeat.prepare_invoke();
         inv.arg(&self.prefix)
             .arg(&hb.server_id)
             .arg(json)
-            .arg(now_ms)
-            .arg(self.timing.placement_grace_ms)
+            .arg(t.placement_grace_ms)
+            .arg(t.server_timeout_ms)
+            .arg(t.seat_ttl_ms)
+            .arg(t.lastfence_ttl_ms)
+            .arg(t.fence_ahead_us)
             .arg(hb.worlds.len());
         for w in &hb.worlds {
-            inv.arg(&w.world_id).arg(w.fence).arg(w.occupancy).arg(w.joined.len());
+            let nb: i64 = w.bots.as_ref().map_or(-1, |b| b.len() as i64);
+            inv.arg(&w.world_id).arg(w.fence).arg(w.occupancy).arg(w.joined.len()).arg(nb).arg(w.refused.len());
             for id in &w.joined {
                 inv.arg(id);
             }
+            for bot in w.bots.iter().flatten() {
+                inv.arg(bot);
+            }
+            for r in &w.refused {
+                inv.arg(&r.nonce).arg(&r.bot);
+            }
         }
-        let (fences, evict): (Vec<String>, Vec<String>) = inv.invoke_async(&mut self.conn.clone()).await?;
-        let mut reply = HeartbeatReply { evict, ..HeartbeatReply::default() };
-        for pair in fences.chunks(2) {
-            let [world, fence] = pair else { return Err(protocol("odd fence list")) };
-            reply.fences.insert(world.clone(), fence.parse().map_err(|_| protocol("bad fence"))?);
+        let out: redis::Value = inv.invoke_async(&mut self.conn.clone()).await?;
+        type Answer = (String, Vec<String>, Vec<String>, Vec<String>, String);
+        if let Ok((tag, world)) = redis::from_redis_value::<(String, String)>(out.clone())
+            && tag == "bad_fence"
+        {
+            return Err(RegistryError::FenceAhead(world));
         }
-        Ok(reply)
+        let (tag, fences, evict, placed, watermark): Answer =
+            redis::from_redis_value(out).map_err(|e| protocol(format!("heartbeat: {e}")))?;
+        if tag != "ok" {
+            return Err(protocol(format!("heartbeat answered {tag}")));
+        }
+        Ok(HeartbeatReply {
+            fences: pairs(&fences, "fence")?.into_iter().collect(),
+            evict,
+            placed: pairs(&placed, "placed")?.into_iter().collect(),
+            watermark: watermark.parse().map_err(|_| protocol("bad watermark"))?,
+            lease_ms: self.timing.lease_ms(),
+        })
     }
 
     async fn reserve(&self, r: &Reserve<'_>) -> Result<Reserved, RegistryError> {
@@ -103,48 +146,65 @@ impl Registry for RedisRegistry {
             .arg(kind)
             .arg(fence)
             .arg(r.id)
-            .arg(r.now_ms)
-            .arg(r.expires_ms)
+            .arg(r.bot)
+            .arg(r.requested.unwrap_or(""))
+            .arg(r.ttl_ms)
             .arg(self.timing.server_timeout_ms)
+            .arg(self.timing.lastfence_ttl_ms)
+            .arg(self.timing.warmup_ms())
+            .arg(r.deadline_ms)
             .invoke_async(&mut self.conn.clone())
             .await?;
         let parse = |s: Option<&String>| s.and_then(|v| v.parse::<u64>().ok());
+        let text = |i: usize, what: &str| out.get(i).cloned().ok_or_else(|| protocol(format!("reserve: no {what}")));
         Ok(match out.first().map(String::as_str) {
             Some("ok") => Reserved::Ok {
                 fence: parse(out.get(1)).ok_or_else(|| protocol("reserve: no fence"))?,
                 used: parse(out.get(2)).ok_or_else(|| protocol("reserve: no count"))? as u32,
             },
+            Some("held") => Reserved::Held {
+                world: text(1, "world")?,
+                server: text(2, "server")?,
+                fence: parse(out.get(3)).ok_or_else(|| protocol("held: no fence"))?,
+            },
+            Some("held_unplaced") => Reserved::Conflict(Conflict::HeldUnplaced { world: text(1, "world")? }),
+            Some("seat_elsewhere") => Reserved::Conflict(Conflict::SeatElsewhere { world: text(1, "world")? }),
+            Some("moving") => Reserved::Conflict(Conflict::Moving),
+            Some("warming_up") => Reserved::Conflict(Conflict::WarmingUp),
+            Some("unheard") => Reserved::Conflict(Conflict::Unheard),
+            Some("late") => Reserved::Conflict(Conflict::Late),
             Some("server_unavailable") => Reserved::Conflict(Conflict::ServerUnavailable),
             Some("server_full") => Reserved::Conflict(Conflict::ServerFull),
             Some("world_full") => Reserved::Conflict(Conflict::WorldFull),
             Some("world_moved") => Reserved::Conflict(Conflict::WorldMoved),
             Some("live_elsewhere") => Reserved::Conflict(Conflict::LiveElsewhere {
-                server: out.get(1).cloned().ok_or_else(|| protocol("live_elsewhere: no server"))?,
+                server: text(1, "server")?,
                 fence: parse(out.get(2)).ok_or_else(|| protocol("live_elsewhere: no fence"))?,
             }),
             other => return Err(protocol(format!("reserve answered {other:?}"))),
         })
     }
 
-    async fn release(&self, world: &str, id: &str) -> Result<bool, RegistryError> {
-        let now = crate::unix_ms();
+    async fn release(&self, world: &str, bot: &str, id: &str) -> Result<bool, RegistryError> {
         let removed: i64 = self
             .release
             .prepare_invoke()
             .arg(&self.prefix)
             .arg(world)
             .arg(id)
-            .arg(now)
+            .arg(bot)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(removed == 1)
     }
 
-    async fn snapshot(&self, _now_ms: u64) -> Result<Snapshot, RegistryError> {
-        type Raw = (Vec<String>, Vec<u32>, Vec<String>, Vec<String>);
-        let (servers, counts, open, placements): Raw =
+    async fn snapshot(&self) -> Result<Snapshot, RegistryError> {
+        type Raw = (Vec<String>, Vec<String>, Vec<u32>, Vec<String>, Vec<String>);
+        let (clock, servers, counts, open, placements): Raw =
             self.snapshot.prepare_invoke().arg(&self.prefix).invoke_async(&mut self.conn.clone()).await?;
-        let mut snap = Snapshot::default();
+        let at =
+            |i: usize| clock.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| protocol("snapshot: bad clock"));
+        let mut snap = Snapshot { now_ms: at(0)?, resume_ms: at(1)?, heard_ms: at(3)?, ..Snapshot::default() };
         for (pair, count) in servers.chunks(2).zip(counts) {
             let [id, json] = pair else { return Err(protocol("odd server list")) };
             let s: ServerView = serde_json::from_str(json).map_err(|e| protocol(format!("server {id}: {e}")))?;
@@ -161,36 +221,44 @@ impl Registry for RedisRegistry {
         Ok(snap)
     }
 
-    async fn locate(&self, world: &str, now_ms: u64) -> Result<Option<WorldView>, RegistryError> {
+    async fn locate(&self, world: Option<&str>, bot: Option<&str>) -> Result<Located, RegistryError> {
         let out: Vec<String> = self
             .locate
             .prepare_invoke()
             .arg(&self.prefix)
-            .arg(world)
-            .arg(now_ms)
+            .arg(world.unwrap_or(""))
+            .arg(bot.unwrap_or(""))
             .invoke_async(&mut self.conn.clone())
             .await?;
-        match out.as_slice() {
-            [] => Ok(None),
-            [server, fence, used] => Ok(Some(WorldView {
-                id: world.to_owned(),
+        let [server, fence, used, seat, reservation] = out.as_slice() else {
+            return Err(protocol(format!("locate answered {out:?}")));
+        };
+        let world = match (world, server.is_empty()) {
+            (Some(w), false) => Some(WorldView {
+                id: w.to_owned(),
                 server: server.clone(),
                 fence: fence.parse().map_err(|_| protocol("locate: bad fence"))?,
                 used: used.parse().map_err(|_| protocol("locate: bad count"))?,
-            })),
-            other => Err(protocol(format!("locate answered {other:?}"))),
-        }
+            }),
+            _ => None,
+        };
+        let some = |s: &String| (!s.is_empty()).then(|| s.clone());
+        Ok(Located { world, seat: some(seat), reservation: some(reservation) })
     }
 
-    async fn purge(&self, before_ms: u64) -> Result<usize, RegistryError> {
+    async fn purge(&self, silence_ms: u64) -> Result<usize, RegistryError> {
         let gone: i64 =
-            self.purge.prepare_invoke().arg(&self.prefix).arg(before_ms).invoke_async(&mut self.conn.clone()).await?;
+            self.purge.prepare_invoke().arg(&self.prefix).arg(silence_ms).invoke_async(&mut self.conn.clone()).await?;
         Ok(gone.max(0) as usize)
     }
 
     async fn ping(&self) -> Result<(), RegistryError> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
         Ok(())
+    }
+
+    fn timing(&self) -> Timing {
+        self.timing
     }
 }
 

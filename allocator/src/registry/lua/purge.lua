@@ -1,10 +1,11 @@
--- Forget servers not heard from since ARGV[2] (ms). ARGV: prefix, before. Returns how many.
-local P, before = ARGV[1], tonumber(ARGV[2])
+-- Forget servers not heard from for ARGV[2] ms, and the placements they held.
+-- ARGV: prefix, silence (ms). Returns how many servers were forgotten.
+local P, silence = ARGV[1], tonumber(ARGV[2])
 local all = redis.call('HGETALL', P .. ':servers')
 local gone = 0
 for k = 1, #all, 2 do
   local s = cjson.decode(all[k + 1])
-  if tonumber(s.last_seen_ms) < before then
+  if math.max(tonumber(s.last_seen_ms), resumed(P)) + silence < NOW then
     -- Its placements go too (a crashed server never reports them again).
     for _, world in ipairs(redis.call('SMEMBERS', P .. ':sw:' .. all[k])) do
       local current = redis.call('HGET', P .. ':placement', world)
