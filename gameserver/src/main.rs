@@ -1,10 +1,12 @@
 //! `arena-gameserver`: serve worlds, or mint a join ticket.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use arena_gameserver::heartbeat::AllocatorLink;
+use arena_gameserver::config::{AllocatorLink, defaults as d};
+use arena_gameserver::load::LoadConfig;
 use arena_gameserver::persist::PersistConfig;
 use arena_gameserver::world::WorldConfig;
 use arena_gameserver::{Server, ServerConfig};
@@ -38,49 +40,101 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// WebSocket listen address.
-    #[arg(long, env = "ARENA_WS_ADDR", default_value = "127.0.0.1:7000")]
+    /// WebSocket listen address (port 0: any free port; see --ready-file).
+    #[arg(long, env = "ARENA_WS_ADDR", default_value = d::WS_ADDR)]
     ws_addr: SocketAddr,
     /// HTTP listen address (/healthz, /readyz, /metrics).
-    #[arg(long, env = "ARENA_HTTP_ADDR", default_value = "127.0.0.1:7001")]
+    #[arg(long, env = "ARENA_HTTP_ADDR", default_value = d::HTTP_ADDR)]
     http_addr: SocketAddr,
+    /// Also serve QUIC on this UDP address (docs/protocol.md, QUIC). Off when absent.
+    #[arg(long, env = "ARENA_QUIC_ADDR")]
+    quic_addr: Option<SocketAddr>,
+    /// The QUIC certificate chain (PEM); without it a self-signed certificate is made at start
+    /// and its SHA-256 logged and written to the ready file, for clients to pin.
+    #[arg(long, env = "ARENA_QUIC_CERT", requires = "quic_key", requires = "quic_addr")]
+    quic_cert: Option<std::path::PathBuf>,
+    /// The QUIC certificate's private key (PEM).
+    #[arg(long, env = "ARENA_QUIC_KEY", requires = "quic_cert")]
+    quic_key: Option<std::path::PathBuf>,
     /// This server's id; tickets bound to another server are refused.
-    #[arg(long, env = "ARENA_SERVER_ID", default_value = "gs-local")]
+    #[arg(long, env = "ARENA_SERVER_ID", default_value = d::SERVER_ID)]
     server_id: String,
+    /// This server's build or template version, reported to the allocator (the fleet rolls
+    /// servers by it).
+    #[arg(long, env = "ARENA_SERVER_VERSION")]
+    server_version: Option<String>,
     /// World ticks per second.
-    #[arg(long, env = "ARENA_TICK_HZ", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=120))]
+    #[arg(long, env = "ARENA_TICK_HZ", default_value_t = d::TICK_HZ, value_parser = clap::value_parser!(u32).range(1..=120))]
     tick_hz: u32,
     /// Most worlds this process holds.
-    #[arg(long, env = "ARENA_MAX_WORLDS", default_value_t = 334)]
+    #[arg(long, env = "ARENA_MAX_WORLDS", default_value_t = d::MAX_WORLDS)]
     max_worlds: usize,
     /// Bots per world.
-    #[arg(long, env = "ARENA_WORLD_CAPACITY", default_value_t = 30)]
+    #[arg(long, env = "ARENA_WORLD_CAPACITY", default_value_t = d::WORLD_CAPACITY)]
     world_capacity: usize,
     /// Tick tasks the worlds are spread over.
-    #[arg(long, env = "ARENA_SHARDS", default_value_t = 8)]
+    #[arg(long, env = "ARENA_SHARDS", default_value_t = d::SHARDS)]
     shards: usize,
     /// Seconds a dropped bot keeps its seat.
-    #[arg(long, env = "ARENA_RESUME_GRACE_SECS", default_value_t = 10.0)]
+    #[arg(long, env = "ARENA_RESUME_GRACE_SECS", default_value_t = d::RESUME_GRACE_SECS)]
     resume_grace_secs: f64,
     /// Seconds an empty world stays loaded.
-    #[arg(long, env = "ARENA_IDLE_UNLOAD_SECS", default_value_t = 60.0)]
+    #[arg(long, env = "ARENA_IDLE_UNLOAD_SECS", default_value_t = d::IDLE_UNLOAD_SECS)]
     idle_unload_secs: f64,
+    /// Seconds a client may stay unable to take updates before it is closed with 4004.
+    #[arg(long, env = "ARENA_SLOW_CLIENT_SECS", default_value_t = d::SLOW_CLIENT_SECS)]
+    slow_client_secs: f64,
+    /// Seconds allowed between connecting and a successful join or resume.
+    #[arg(long, env = "ARENA_JOIN_TIMEOUT_SECS", default_value_t = d::JOIN_TIMEOUT_SECS)]
+    join_timeout_secs: f64,
+    /// Seconds allowed for the WebSocket handshake.
+    #[arg(long, env = "ARENA_HANDSHAKE_TIMEOUT_SECS", default_value_t = d::HANDSHAKE_TIMEOUT_SECS)]
+    handshake_timeout_secs: f64,
     /// Seconds allowed for a graceful drain on SIGTERM.
-    #[arg(long, env = "ARENA_DRAIN_TIMEOUT_SECS", default_value_t = 10.0)]
+    #[arg(long, env = "ARENA_DRAIN_TIMEOUT_SECS", default_value_t = d::DRAIN_TIMEOUT_SECS)]
     drain_timeout_secs: f64,
-    /// Most simultaneous connections.
-    #[arg(long, env = "ARENA_MAX_CONNECTIONS", default_value_t = 16_000)]
+    /// Seconds bytes may wait for a client socket that takes nothing before it is closed hard.
+    #[arg(long, env = "ARENA_FLUSH_TIMEOUT_SECS", default_value_t = d::FLUSH_TIMEOUT_SECS)]
+    flush_timeout_secs: f64,
+    /// Most simultaneous connections (lowered to what the descriptor limit allows).
+    #[arg(long, env = "ARENA_MAX_CONNECTIONS", default_value_t = d::MAX_CONNECTIONS)]
     max_connections: usize,
-    /// Allocator to report to every second (e.g. http://127.0.0.1:7100); standalone without it.
-    /// Heartbeats authenticate with ARENA_SERVER_KEY (default: the development key).
-    #[arg(long, env = "ARENA_ALLOCATOR_URL")]
-    allocator_url: Option<String>,
+    /// Kernel send buffer of each client socket in bytes (default: the kernel's autotuning).
+    #[arg(long, env = "ARENA_SOCKET_SEND_BUFFER_BYTES")]
+    socket_send_buffer_bytes: Option<usize>,
+    /// Most connections waiting to join (handshaking or awaiting `join`).
+    #[arg(long, env = "ARENA_MAX_PENDING", default_value_t = d::MAX_PENDING)]
+    max_pending: usize,
+    /// Most connections waiting to join from one address (joined ones do not count).
+    #[arg(long, env = "ARENA_MAX_PENDING_PER_IP", default_value_t = d::MAX_PENDING_PER_IP)]
+    max_pending_per_ip: usize,
+    /// Allocator(s) to report to every second (comma-separated replicas, or one URL behind a
+    /// load balancer); standalone without. Heartbeats authenticate with ARENA_SERVER_KEY
+    /// (default: the development key).
+    #[arg(long, env = "ARENA_ALLOCATOR_URL", value_delimiter = ',')]
+    allocator_url: Vec<String>,
     /// This server's region, as reported to the allocator.
-    #[arg(long, env = "ARENA_REGION", default_value = "local")]
+    #[arg(long, env = "ARENA_REGION", default_value = d::REGION)]
     region: String,
     /// WebSocket URL bots should be sent to (default: ws://<ws-addr>/ws).
     #[arg(long, env = "ARENA_PUBLIC_WS_URL")]
     public_ws_url: Option<String>,
+    /// Seconds between heartbeats.
+    #[arg(long, env = "ARENA_HEARTBEAT_SECS", default_value_t = d::HEARTBEAT_SECS)]
+    heartbeat_secs: f64,
+    /// Seconds a world suspended by a lost lease is kept for its placement to come back.
+    #[arg(long, env = "ARENA_SUSPEND_KEEP_SECS", default_value_t = d::SUSPEND_KEEP_SECS)]
+    suspend_keep_secs: f64,
+    /// Tick budget: shard ticks may start this many ms late (95th percentile) at full load.
+    #[arg(long, env = "ARENA_LATENESS_BUDGET_MS", default_value_t = d::LATENESS_BUDGET_MS)]
+    lateness_budget_ms: f64,
+    /// Tick budget: cores of CPU the process may use at full load (default: 80 % of the machine's).
+    #[arg(long, env = "ARENA_CPU_TARGET_CORES")]
+    cpu_target_cores: Option<f32>,
+    /// Tick budget: share (0–1) of the whole machine's CPU, whoever uses it, that may be busy at
+    /// full load; 0 ignores the machine.
+    #[arg(long, env = "ARENA_MACHINE_CPU_TARGET", default_value_t = d::MACHINE_CPU_TARGET)]
+    machine_cpu_target: f32,
     /// PostgreSQL URL: activity log and durable world snapshots. Without it (and without
     /// --redis-url) worlds live in memory only.
     #[arg(long, env = "ARENA_DATABASE_URL")]
@@ -88,12 +142,18 @@ struct ServeArgs {
     /// Apply the database migrations at start.
     #[arg(long, env = "ARENA_MIGRATE")]
     migrate: bool,
-    /// Redis URL for world snapshots every second (use the allocator's Redis and prefix).
+    /// Redis URL for world snapshots every second.
     #[arg(long, env = "ARENA_REDIS_URL")]
     redis_url: Option<String>,
-    /// Prefix of the Redis keys (the allocator's registry prefix).
+    /// Prefix of the Redis snapshot keys (<prefix>:snap:<world>).
     #[arg(long, env = "ARENA_REDIS_PREFIX", default_value = "{arena}")]
     redis_prefix: String,
+    /// Seconds a Redis snapshot is kept after its last write.
+    #[arg(long, env = "ARENA_REDIS_SNAPSHOT_TTL_SECS", default_value_t = 86_400)]
+    redis_snapshot_ttl_secs: u64,
+    /// Seconds allowed for each call to PostgreSQL or Redis.
+    #[arg(long, env = "ARENA_STORE_TIMEOUT_SECS", default_value_t = 2.0)]
+    store_timeout_secs: f64,
     /// Milliseconds between activity log flushes (at most).
     #[arg(long, env = "ARENA_FLUSH_EVERY_MS", default_value_t = 1000)]
     flush_every_ms: u64,
@@ -106,6 +166,12 @@ struct ServeArgs {
     /// Days of activity partitions kept attached (0: all).
     #[arg(long, env = "ARENA_RETENTION_DAYS", default_value_t = 30)]
     retention_days: u32,
+    /// Write the bound addresses here (JSON) once ready.
+    #[arg(long, env = "ARENA_READY_FILE")]
+    ready_file: Option<PathBuf>,
+    /// Serve POST /debug/panic-shard on the HTTP port (for tests; loopback only).
+    #[arg(long, env = "ARENA_ENABLE_FAULT_INJECTION")]
+    enable_fault_injection: bool,
     /// Worker threads (default: one per core).
     #[arg(long, env = "ARENA_WORKER_THREADS")]
     worker_threads: Option<usize>,
@@ -199,45 +265,70 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.0))
+}
+
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let defaults = ServerConfig::default();
     let cfg = ServerConfig {
         ws_addr: args.ws_addr,
         http_addr: args.http_addr,
+        quic: args.quic_addr.map(|addr| arena_gameserver::config::QuicConfig {
+            addr,
+            cert: args.quic_cert.clone().zip(args.quic_key.clone()),
+        }),
         server_id: args.server_id,
+        version: args.server_version,
         tick_hz: args.tick_hz,
         max_worlds: args.max_worlds,
         world: WorldConfig { capacity: args.world_capacity, ..WorldConfig::default() },
         shards: args.shards.max(1),
-        resume_grace: Duration::from_secs_f64(args.resume_grace_secs.max(0.0)),
-        idle_unload: Duration::from_secs_f64(args.idle_unload_secs.max(0.0)),
-        drain_timeout: Duration::from_secs_f64(args.drain_timeout_secs.max(0.0)),
+        resume_grace: secs(args.resume_grace_secs),
+        idle_unload: secs(args.idle_unload_secs),
+        slow_client: secs(args.slow_client_secs),
+        join_timeout: secs(args.join_timeout_secs),
+        handshake_timeout: secs(args.handshake_timeout_secs),
+        drain_timeout: secs(args.drain_timeout_secs),
+        flush_timeout: secs(args.flush_timeout_secs),
         max_connections: args.max_connections,
+        max_pending: args.max_pending,
+        max_pending_per_ip: args.max_pending_per_ip,
+        socket_send_buffer: args.socket_send_buffer_bytes,
         ticket_keys: ticket_keys()?,
-        allocator: match args.allocator_url {
-            Some(url) => Some(AllocatorLink {
-                url,
-                region: args.region.clone(),
-                public_ws_url: args.public_ws_url,
-                server_key: std::env::var("ARENA_SERVER_KEY").unwrap_or_else(|_| {
-                    tracing::warn!("ARENA_SERVER_KEY is not set: reporting with the development key");
-                    "arena-dev-key".to_owned()
-                }),
-                every: Duration::from_secs(1),
+        allocator: (!args.allocator_url.is_empty()).then(|| AllocatorLink {
+            urls: args.allocator_url.clone(),
+            region: args.region.clone(),
+            public_ws_url: args.public_ws_url.clone(),
+            server_key: std::env::var("ARENA_SERVER_KEY").unwrap_or_else(|_| {
+                tracing::warn!("ARENA_SERVER_KEY is not set: reporting with the development key");
+                "arena-dev-key".to_owned()
             }),
-            None => None,
+            every: secs(args.heartbeat_secs.max(0.05)),
+        }),
+        suspend_keep: secs(args.suspend_keep_secs),
+        load: LoadConfig {
+            lateness_budget: Duration::from_secs_f64(args.lateness_budget_ms.max(0.1) / 1000.0),
+            cpu_target: args.cpu_target_cores.unwrap_or(defaults.load.cpu_target).max(0.05),
+            machine_target: args.machine_cpu_target.clamp(0.0, 1.0),
+            ..defaults.load
         },
         persist: PersistConfig {
             database_url: args.database_url,
             redis_url: args.redis_url,
             redis_prefix: args.redis_prefix,
+            redis_snapshot_ttl: Duration::from_secs(args.redis_snapshot_ttl_secs.max(1)),
+            store_timeout: secs(args.store_timeout_secs.max(0.05)),
             migrate: args.migrate,
             flush_every: Duration::from_millis(args.flush_every_ms.max(10)),
             activity_buffer: args.activity_buffer.max(1),
-            pg_snapshot_every: Duration::from_secs_f64(args.snapshot_every_secs.max(0.1)),
+            pg_snapshot_every: secs(args.snapshot_every_secs.max(0.1)),
             retention_days: args.retention_days,
             ..PersistConfig::default()
         },
-        ..ServerConfig::default()
+        ready_file: args.ready_file,
+        fault_injection: args.enable_fault_injection,
+        ..defaults
     };
     if !arena_sdk::protocol::valid_id(&args.region) {
         bail!("--region must be 1-64 characters of A-Z a-z 0-9 _ . : -");
@@ -245,42 +336,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !arena_sdk::protocol::valid_id(&cfg.server_id) {
         bail!("--server-id must be 1-64 characters of A-Z a-z 0-9 _ . : -");
     }
-    if cfg.uses_development_key() {
-        for addr in [cfg.ws_addr, cfg.http_addr] {
-            if !addr.ip().is_loopback() {
-                bail!("refusing to listen on {addr} with the development ticket key: set ARENA_TICKET_KEY");
-            }
+    if cfg.version.as_deref().is_some_and(|v| !arena_sdk::protocol::valid_id(v)) {
+        bail!("--server-version must be 1-64 characters of A-Z a-z 0-9 _ . : -");
+    }
+    for addr in [cfg.ws_addr, cfg.http_addr] {
+        if cfg.uses_development_key() && !addr.ip().is_loopback() {
+            bail!("refusing to listen on {addr} with the development ticket key: set ARENA_TICKET_KEY");
         }
+    }
+    if cfg.fault_injection && !cfg.http_addr.ip().is_loopback() {
+        bail!("--enable-fault-injection is for tests: the HTTP port must be on loopback");
     }
     tracing::info!(ws = %cfg.ws_addr, http = %cfg.http_addr, max_worlds = cfg.max_worlds, tick_hz = cfg.tick_hz, "starting");
     let server = Server::bind(cfg).await.context("binding listeners")?;
     tracing::info!(ws = %server.ws_addr()?, http = %server.http_addr()?, "listening");
-    server.run(shutdown_signal()).await?;
-    Ok(())
-}
-
-/// SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-    tracing::info!("shutdown signal received");
+    server.run(arena_service::signal::terminate()).await
 }

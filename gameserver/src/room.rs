@@ -5,9 +5,16 @@
 //! with its token. The room decides who is seated, which inputs apply, when kept seats expire and
 //! what a lagging client receives; the I/O layer only carries its decisions out. `C` is the
 //! connection handle the I/O layer wants back when it must write to or close a connection.
+//!
+//! The room also keeps the events of its recent ticks (a bounded history), so that a client that
+//! gets a `snapshot` instead of the updates it missed still learns every chat line and action of
+//! those ticks.
 
-use arena_sdk::protocol::{BotId, Command, Snapshot, Tick, Welcome};
+use std::collections::VecDeque;
+
+use arena_sdk::protocol::{BotId, Command, Event, Snapshot, Tick, Welcome};
 use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
 
 use crate::world::{Changes, SavedWorld, World, WorldConfig, WorldFull};
 
@@ -33,6 +40,9 @@ pub struct RoomConfig {
     /// How long a client may stay unable to take updates before it is disconnected.
     pub slow_client_ticks: u64,
 }
+
+/// Most events a room keeps for clients that get a snapshot instead of updates.
+pub const MAX_HISTORY_EVENTS: usize = 2_048;
 
 /// An input waiting for the next tick.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +72,8 @@ pub struct Seat<C> {
     needs_resync: bool,
     /// Since when the client has been unable to take updates.
     lagging_since: Option<Tick>,
+    /// The tick of the last welcome, update or snapshot handed to the client.
+    delivered: Tick,
 }
 
 /// What to do for a lagging seat this tick.
@@ -90,6 +102,43 @@ pub struct Seated<C> {
     pub replaced: Option<C>,
 }
 
+/// The events of recent ticks, oldest first.
+#[derive(Debug, Default)]
+struct History {
+    ticks: VecDeque<(Tick, Vec<Event>)>,
+    events: usize,
+    /// Events of ticks before this one may have been dropped.
+    complete_from: Tick,
+}
+
+impl History {
+    /// Add the events of `tick`; forget those older than `keep_ticks`, those past the event
+    /// budget, and those of ticks up to `delivered_to`, which every connected client has been
+    /// handed (in the steady state, only the last tick is kept).
+    fn push(&mut self, tick: Tick, events: &[Event], keep_ticks: u64, delivered_to: Tick) {
+        if !events.is_empty() {
+            self.events += events.len();
+            self.ticks.push_back((tick, events.to_vec()));
+        }
+        while let Some((t, n)) = self.ticks.front().map(|(t, e)| (*t, e.len())) {
+            let too_old = t + keep_ticks < tick;
+            if !too_old && t > delivered_to && self.events <= MAX_HISTORY_EVENTS {
+                break;
+            }
+            // Nobody can ask for a tick at or before `delivered_to`; `since` stays exact.
+            self.complete_from = self.complete_from.max(t + 1);
+            self.events -= n;
+            self.ticks.pop_front();
+        }
+    }
+
+    /// Events of the ticks after `after`, and whether some of them were dropped.
+    fn since(&self, after: Tick) -> (Vec<Event>, bool) {
+        let events = self.ticks.iter().filter(|(t, _)| *t > after).flat_map(|(_, e)| e.iter().cloned()).collect();
+        (events, after + 1 < self.complete_from)
+    }
+}
+
 #[derive(Debug)]
 pub struct Room<C> {
     world: World,
@@ -98,12 +147,16 @@ pub struct Room<C> {
     changes: Changes,
     /// The tick at which the room last became empty (creation counts).
     empty_since: Option<Tick>,
+    history: History,
+    /// Grows whenever a seat is taken or freed: who holds seats changed.
+    members: u64,
 }
 
 impl<C> Room<C> {
     pub fn new(world: World, config: RoomConfig) -> Self {
         let empty_since = Some(world.tick());
-        Room { world, config, seats: Vec::new(), changes: Changes::default(), empty_since }
+        let history = History { complete_from: world.tick(), ..History::default() };
+        Room { world, config, seats: Vec::new(), changes: Changes::default(), empty_since, history, members: 0 }
     }
 
     /// The state to save.
@@ -137,10 +190,13 @@ impl<C> Room<C> {
                 disconnected_at: Some(tick),
                 needs_resync: false,
                 lagging_since: None,
+                delivered: tick,
             })
             .collect();
         let empty_since = seats.is_empty().then_some(tick);
-        Room { world, config: room, seats, changes: Changes::default(), empty_since }
+        let history = History { complete_from: tick + 1, ..History::default() };
+        // Restored seats are news to whoever keeps track of them.
+        Room { world, config: room, seats, changes: Changes::default(), empty_since, history, members: 1 }
     }
 
     pub fn world(&self) -> &World {
@@ -173,6 +229,11 @@ impl<C> Room<C> {
         self.empty_since
     }
 
+    /// A counter that grows whenever a seat is taken or freed.
+    pub fn members_version(&self) -> u64 {
+        self.members
+    }
+
     fn seat_index(&self, bot: BotId) -> Option<usize> {
         self.seats.iter().position(|s| s.bot == bot)
     }
@@ -197,18 +258,30 @@ impl<C> Room<C> {
             disconnected_at: None,
             needs_resync: false,
             lagging_since: None,
+            delivered: self.world.tick(),
         });
         self.empty_since = None;
+        self.members += 1;
         Ok(Seated { bot, replaced: None })
+    }
+
+    /// Whether `name` holds a seat here (connected or within its grace).
+    pub fn has_seat(&self, name: &str) -> bool {
+        self.seats.iter().any(|s| s.name == name)
     }
 
     /// Take a seat back with its resume token; `new_token` replaces the old one.
     pub fn resume(&mut self, token: &str, new_token: String, conn_id: u64, conn: C) -> Result<Seated<C>, UnknownToken> {
-        let i = self.seats.iter().position(|s| constant_time_eq(&s.token, token)).ok_or(UnknownToken)?;
+        // Every token is compared in full, so timing does not tell how close a guess came.
+        let found = self.seats.iter().enumerate().fold(None, |found, (i, s)| {
+            if bool::from(s.token.as_bytes().ct_eq(token.as_bytes())) { Some(i) } else { found }
+        });
+        let i = found.ok_or(UnknownToken)?;
         Ok(self.reattach(i, new_token, conn_id, conn))
     }
 
     fn reattach(&mut self, i: usize, token: String, conn_id: u64, conn: C) -> Seated<C> {
+        let tick = self.world.tick();
         let seat = &mut self.seats[i];
         let replaced = seat.holder.replace(Holder { id: conn_id, conn }).map(|h| h.conn);
         seat.token = token;
@@ -216,6 +289,7 @@ impl<C> Room<C> {
         // The welcome carries a fresh snapshot.
         seat.needs_resync = false;
         seat.lagging_since = None;
+        seat.delivered = tick;
         Seated { bot: seat.bot, replaced }
     }
 
@@ -245,10 +319,31 @@ impl<C> Room<C> {
 
     fn free(&mut self, i: usize) {
         let seat = self.seats.remove(i);
+        self.members += 1;
         self.world.remove_bot(seat.bot);
         if self.seats.is_empty() {
             self.empty_since = Some(self.world.tick());
         }
+    }
+
+    /// Detach every connection but keep the seats, as if each had dropped now: the bots take
+    /// them back (through a new join or a resume) once the world is served again. Returns the
+    /// connections, to be closed.
+    pub fn detach_all(&mut self) -> Vec<C> {
+        let tick = self.world.tick();
+        let mut conns = Vec::new();
+        for seat in &mut self.seats {
+            if let Some(h) = seat.holder.take() {
+                conns.push(h.conn);
+                seat.disconnected_at = Some(tick);
+            }
+        }
+        conns
+    }
+
+    /// Bot names holding seats, in seat order.
+    pub fn seated_names(&self) -> impl Iterator<Item = &str> {
+        self.seats.iter().map(|s| s.name.as_str())
     }
 
     /// Remove every seat (the server is going away); returns the connections that held them.
@@ -287,6 +382,9 @@ impl<C> Room<C> {
             self.free(i);
         }
         self.world.take_update(&mut self.changes);
+        let delivered_to =
+            self.seats.iter().filter(|s| s.disconnected_at.is_none()).map(|s| s.delivered).min().unwrap_or(now);
+        self.history.push(now, &self.changes.events, self.config.slow_client_ticks + 1, delivered_to);
     }
 
     /// Decide what seat `i`'s client gets this tick; `queue_empty` tells (only when asked)
@@ -315,9 +413,16 @@ impl<C> Room<C> {
 
     /// Seat `i`'s client was sent a snapshot.
     pub fn mark_resynced(&mut self, i: usize) {
+        let tick = self.world.tick();
         let seat = &mut self.seats[i];
         seat.needs_resync = false;
         seat.lagging_since = None;
+        seat.delivered = tick;
+    }
+
+    /// Seat `i`'s client was handed this tick's update.
+    pub fn mark_delivered(&mut self, i: usize) {
+        self.seats[i].delivered = self.world.tick();
     }
 
     /// The `welcome` for the seat of `bot`. Its `ack_seq` counts inputs still `queued` for the
@@ -338,14 +443,19 @@ impl<C> Room<C> {
         })
     }
 
-    /// A resync `snapshot` for seat `i`.
+    /// A resync `snapshot` for seat `i`, with the events of every tick since the last update
+    /// its client was handed.
     pub fn snapshot_for(&self, i: usize) -> Snapshot {
-        Snapshot { tick: self.world.tick(), ack_seq: self.seats[i].ack_seq, snapshot: self.world.snapshot() }
+        let seat = &self.seats[i];
+        let (events, events_truncated) = self.history.since(seat.delivered);
+        Snapshot {
+            tick: self.world.tick(),
+            ack_seq: seat.ack_seq,
+            snapshot: self.world.snapshot(),
+            events,
+            events_truncated,
+        }
     }
-}
-
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -453,6 +563,63 @@ mod tests {
             lonely.run_tick(&[]);
         }
         assert!(lonely.world().is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_carries_the_events_it_replaces() {
+        let mut r = room(30);
+        let a = r.join("a", "t".into(), 1, "c").unwrap().bot;
+        r.run_tick(&[]);
+        r.mark_delivered(0);
+        // Two ticks the client does not get: a chat line in each.
+        r.run_tick(&[QueuedInput { bot: a, seq: 1, command: Command::Say("one".into()) }]);
+        r.mark_lagging(0);
+        r.run_tick(&[QueuedInput { bot: a, seq: 2, command: Command::Say("two".into()) }]);
+        let snap = r.snapshot_for(0);
+        let said: Vec<&str> = snap
+            .events
+            .iter()
+            .filter_map(|e| if let Event::Say { text, .. } = e { Some(text.as_str()) } else { None })
+            .collect();
+        assert_eq!(said, vec!["one", "two"]);
+        assert!(!snap.events_truncated);
+        r.mark_resynced(0);
+        assert!(r.snapshot_for(0).events.is_empty(), "nothing since the snapshot");
+        // A client that stays behind longer than the history keeps is told what it lost.
+        r.mark_lagging(0);
+        let behind = r.seats()[0].delivered;
+        for _ in 0..10 {
+            r.run_tick(&[QueuedInput { bot: a, seq: 3, command: Command::Say("x".into()) }]);
+        }
+        assert!(r.history.since(behind).1, "older events were dropped");
+    }
+
+    #[test]
+    fn history_keeps_only_what_a_client_may_still_ask_for() {
+        let mut r = room(30);
+        let a = r.join("a", "t".into(), 1, "c").unwrap().bot;
+        for seq in 1..=5 {
+            r.run_tick(&[QueuedInput { bot: a, seq, command: Command::Say("hi".into()) }]);
+            r.mark_delivered(0);
+        }
+        // Every tick was handed over: only the last one is kept, in case its update fails.
+        assert_eq!(r.history.ticks.len(), 1);
+        r.run_tick(&[QueuedInput { bot: a, seq: 6, command: Command::Say("kept".into()) }]);
+        r.mark_lagging(0);
+        r.run_tick(&[QueuedInput { bot: a, seq: 7, command: Command::Say("kept too".into()) }]);
+        let snap = r.snapshot_for(0);
+        assert_eq!(snap.events.len(), 2, "{:?}", snap.events);
+        assert!(!snap.events_truncated);
+    }
+
+    #[test]
+    fn detached_seats_are_kept_for_their_bots() {
+        let mut r = room(30);
+        let a = r.join("a", "t".into(), 1, "c1").unwrap().bot;
+        assert_eq!(r.detach_all(), vec!["c1"]);
+        assert!(r.has_seat("a") && r.seat(a).unwrap().holder.is_none());
+        let again = r.join("a", "t2".into(), 2, "c2").unwrap();
+        assert_eq!((again.bot, again.replaced), (a, None));
     }
 
     #[test]

@@ -1,14 +1,17 @@
 //! One connection's protocol session, without I/O.
 //!
 //! It turns each received frame into one [`Step`] for the I/O layer: a request to carry out
-//! (join, resume, input, resync, pong) or an error to send. It owns the per-connection limits: the
-//! message rate (token bucket), input sequence numbers and the violation budget — every violation
-//! costs one token, and a connection out of tokens is closed with `4002`.
+//! (join, resume, input, resync, pong) or an error to send. It owns the per-connection limits,
+//! which hold per *frame*, not per message: every frame — a whole message, each fragment of a
+//! fragmented one, a ping or a pong — costs one token of the message rate (token bucket); input
+//! sequence numbers must grow by at most [`MAX_SEQ_STEP`]; and every violation costs one of the
+//! violation budget's tokens — the violation that spends the last one is answered with its error
+//! and a close with `4002`.
 
 use std::time::Duration;
 
 use arena_sdk::codec::{DecodeError, Encoding, decode_client};
-use arena_sdk::protocol::{ClientMsg, Command, ErrorCode, ErrorMsg, close};
+use arena_sdk::protocol::{ClientMsg, Command, ErrorCode, ErrorMsg, MAX_SEQ_STEP, close};
 
 use arena_sdk::limit::TokenBucket;
 
@@ -90,9 +93,10 @@ impl Session {
         self.last_seq = ack_seq;
     }
 
-    /// Report a violation: an error to send, or a close when the budget is spent.
+    /// Report a violation: an error to send, or — for the one that spends the budget's last
+    /// token — the error and a close.
     pub fn violation(&mut self, err: ErrorMsg, now: Duration) -> Step {
-        if self.violations.try_take(now) {
+        if self.violations.try_take(now) && self.violations.available(now) >= 1.0 {
             Step::Error(err)
         } else {
             let err = ErrorMsg { message: format!("{} (too many violations, closing)", err.message), ..err };
@@ -105,13 +109,14 @@ impl Session {
         Step::Close { error: err, code: close::JOIN_REFUSED }
     }
 
-    /// A ping or pong frame arrived: it costs a message like any other. `None` when within the
-    /// rate; otherwise the violation to report.
-    pub fn on_control(&mut self, now: Duration) -> Option<Step> {
+    /// A frame that is not a whole message arrived — a ping, a pong, or one fragment of a
+    /// fragmented message: it costs a token like any other frame. `None` when within the rate;
+    /// otherwise the violation to report.
+    pub fn on_partial_frame(&mut self, now: Duration) -> Option<Step> {
         if self.rate.try_take(now) {
             None
         } else {
-            Some(self.violation(error(ErrorCode::RateLimited, "message rate exceeded (control frames count)"), now))
+            Some(self.violation(error(ErrorCode::RateLimited, "frame rate exceeded (every frame counts)"), now))
         }
     }
 
@@ -148,8 +153,11 @@ impl Session {
                     Ok(c) => c,
                     Err(e) => return self.violation(error(e.code(), e.to_string()), now),
                 };
-                if input.seq <= self.last_seq {
-                    let msg = format!("seq {} does not follow {}", input.seq, self.last_seq);
+                if input.seq <= self.last_seq || input.seq - self.last_seq > MAX_SEQ_STEP {
+                    let msg = format!(
+                        "seq {} does not follow {} (it must be larger, by at most {MAX_SEQ_STEP})",
+                        input.seq, self.last_seq
+                    );
                     return self.violation(error(ErrorCode::BadSeq, msg), now);
                 }
                 self.last_seq = input.seq;
@@ -199,6 +207,10 @@ mod tests {
         assert_eq!(code(&s.on_frame(false, &mv(5), T0)), Some(ErrorCode::BadSeq));
         assert!(matches!(s.on_frame(false, &mv(6), T0), Step::Input { seq: 6, .. }));
         assert_eq!(code(&s.on_frame(false, &mv(6), T0)), Some(ErrorCode::BadSeq));
+        // A jump to the top of the range would lock the seat out of every later input: refused.
+        assert_eq!(code(&s.on_frame(false, &mv(u32::MAX), T0)), Some(ErrorCode::BadSeq));
+        assert!(matches!(s.on_frame(false, &mv(6 + MAX_SEQ_STEP), T0), Step::Input { .. }));
+        assert!(matches!(s.on_frame(false, &mv(7 + MAX_SEQ_STEP), T0), Step::Input { .. }));
         assert_eq!(s.on_frame(false, &frame(&ClientMsg::Ping { nonce: 9 }), T0), Step::Pong(9));
     }
 
@@ -226,8 +238,8 @@ mod tests {
         let accepted = steps.iter().filter(|s| matches!(s, Step::Input { .. })).count();
         assert_eq!(accepted, 40, "the burst");
         let limited = steps.iter().filter(|s| matches!(s, Step::Error(e) if e.code == ErrorCode::RateLimited)).count();
-        assert_eq!(limited, 10, "the violation budget");
-        assert!(matches!(steps[50], Step::Close { code: close::POLICY_VIOLATION, .. }));
+        assert_eq!(limited, 9, "nine errors, then the tenth violation closes");
+        assert!(matches!(steps[49], Step::Close { code: close::POLICY_VIOLATION, .. }));
         // After a second the rate allows 20 more.
         let mut s = session();
         s.joined(0);
@@ -238,14 +250,14 @@ mod tests {
     }
 
     #[test]
-    fn control_frames_count_against_the_rate() {
+    fn control_frames_and_fragments_count_against_the_rate() {
         let mut s = session();
         for _ in 0..40 {
-            assert_eq!(s.on_control(T0), None);
+            assert_eq!(s.on_partial_frame(T0), None);
         }
         let mut closed = false;
         for _ in 0..20 {
-            if let Some(Step::Close { code, .. }) = s.on_control(T0) {
+            if let Some(Step::Close { code, .. }) = s.on_partial_frame(T0) {
                 assert_eq!(code, close::POLICY_VIOLATION);
                 closed = true;
                 break;
@@ -257,10 +269,11 @@ mod tests {
     #[test]
     fn violations_are_forgiven_over_time() {
         let mut s = session();
-        for i in 0..10 {
+        for i in 0..9 {
             assert!(matches!(s.on_frame(false, b"x", Duration::from_secs(i)), Step::Error(_)));
         }
-        // Ten violations spent; eleven seconds in, 1.1 were forgiven: one more is tolerated.
+        // Nine spent; eleven seconds in, 1.1 tokens came back (2.1 left): one more violation is
+        // answered with an error, the next spends the last token and closes.
         assert!(matches!(s.on_frame(false, b"x", Duration::from_secs(11)), Step::Error(_)));
         assert!(matches!(s.on_frame(false, b"x", Duration::from_secs(11)), Step::Close { .. }));
     }

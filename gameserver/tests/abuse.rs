@@ -235,16 +235,18 @@ async fn deeply_nested_messagepack_is_refused_not_fatal() {
 
 #[tokio::test]
 async fn one_address_cannot_hoard_unjoined_connections() {
-    let server = TestServer::start(ServerConfig { max_unjoined_per_ip: 3, ..config() }).await;
+    let server = TestServer::start(ServerConfig { max_pending_per_ip: 3, ..config() }).await;
     let mut idle = Vec::new();
     for _ in 0..3 {
         idle.push(TcpStream::connect(server.ws_addr).await.unwrap());
     }
-    // The fourth is dropped at once.
+    // The fourth is answered at once: 503 with retry advice, then a clean close (no reset).
     let mut extra = TcpStream::connect(server.ws_addr).await.unwrap();
-    let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(common::WAIT, extra.read(&mut buf)).await.expect("closed at once").unwrap_or(0);
-    assert_eq!(n, 0);
+    let mut answer = Vec::new();
+    tokio::time::timeout(common::WAIT, extra.read_to_end(&mut answer)).await.expect("closed at once").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("Retry-After: 1\r\n") && answer.contains("from your address"), "{answer}");
     // Joined bots do not count: once a slot frees, bots join as usual.
     drop(idle.pop());
     let deadline = tokio::time::Instant::now() + common::WAIT;

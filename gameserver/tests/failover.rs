@@ -4,153 +4,48 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use arena_sdk::Encoding;
 use arena_sdk::bot::{Backoff, Bot, BotEvent, BotOptions, Seat};
 use arena_sdk::client::Client;
 use arena_sdk::protocol::{Command as Input, ServerMsg};
-use common::db::{TestDb, ThrowawayPg, clear_redis, shared_redis, unique};
+use arena_testkit::process::{
+    AllocatorOpts, AllocatorProc, GameserverOpts, GameserverProc, allocator as start_allocator,
+    gameserver as start_gameserver, wait_servers, workspace_bin,
+};
+use arena_testkit::stores::{TestDb, ThrowawayPg, clear_redis, redis_prefix, shared_redis};
 use sqlx::Row;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn bin(name: &str) -> PathBuf {
-    let own = PathBuf::from(env!("CARGO_BIN_EXE_arena-gameserver"));
-    let path = own.with_file_name(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --bins` (scripts/test does)", path.display());
-    path
+async fn allocator(prefix: &str) -> (AllocatorProc, String) {
+    let a = start_allocator(AllocatorOpts {
+        redis: Some((shared_redis(), prefix.to_owned())),
+        server_timeout_secs: 3.0,
+        ..AllocatorOpts::default()
+    })
+    .await;
+    let base = a.url.clone();
+    (a, base)
 }
 
-fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-struct Proc {
-    child: Child,
-    pid: u32,
-    http: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill").args([sig, &self.pid.to_string()]).status().unwrap().success();
-        assert!(ok, "kill {sig} {}", self.pid);
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(format!("{}/metrics", self.http)).await.unwrap().text().await.unwrap();
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.pid.to_string()]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-async fn wait_ok(url: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !reqwest::get(url).await.is_ok_and(|r| r.status().is_success()) {
-        assert!(tokio::time::Instant::now() < deadline, "{url} never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn spawn(program: PathBuf, args: &[String], http: String) -> Proc {
-    let log = std::env::temp_dir().join(unique("arena-proc-"));
-    let child = Command::new(program)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env_remove("ARENA_TICKET_KEY")
-        .env_remove("ARENA_SERVER_KEY")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    Proc { child, pid, http, log }
-}
-
-async fn allocator(prefix: &str) -> (Proc, String) {
-    let addr = free_addr();
-    // Heartbeats come every second; a loaded machine may delay one, so allow two.
-    let args: Vec<String> = ["serve", "--listen", &addr.to_string(), "--server-timeout-secs", "2"]
-        .into_iter()
-        .map(String::from)
-        .chain(["--redis-url".into(), shared_redis(), "--redis-prefix".into(), prefix.to_owned()])
-        .collect();
-    let p = spawn(bin("arena-allocator"), &args, format!("http://{addr}"));
-    wait_ok(&format!("{}/readyz", p.http)).await;
-    let base = p.http.clone();
-    (p, base)
-}
-
-async fn gameserver(id: &str, allocator: &str, db: &str, prefix: &str, extra: &[&str]) -> Proc {
-    let (ws, http) = (free_addr(), free_addr());
-    let mut args: Vec<String> = vec![
-        "serve".into(),
-        "--ws-addr".into(),
-        ws.to_string(),
-        "--http-addr".into(),
-        http.to_string(),
-        "--server-id".into(),
-        id.into(),
-        "--allocator-url".into(),
-        allocator.into(),
-        "--database-url".into(),
-        db.into(),
-        "--redis-url".into(),
-        shared_redis(),
-        "--redis-prefix".into(),
-        prefix.into(),
-    ];
+async fn gameserver(id: &str, allocator: &str, db: &str, prefix: &str, extra: &[&str]) -> GameserverProc {
+    let mut args: Vec<String> =
+        ["--database-url", db, "--redis-url", &shared_redis(), "--redis-prefix", prefix].map(String::from).into();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let p = spawn(bin("arena-gameserver"), &args, format!("http://{http}"));
-    wait_ok(&format!("{}/readyz", p.http)).await;
-    p
+    start_gameserver(GameserverOpts { extra: args, ..GameserverOpts::new(id, allocator) }).await
 }
 
 async fn wait_alive(allocator: &str, n: usize) {
-    let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v: serde_json::Value = client
-            .get(format!("{allocator}/v1/servers"))
-            .bearer_auth("arena-dev-key")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if v.as_array().is_some_and(|s| s.iter().filter(|x| x["alive"] == true).count() >= n) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "servers never registered: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_servers(allocator, n).await;
 }
 
 fn options(name: &str, world: &str) -> BotOptions {
     BotOptions {
         world_id: Some(world.into()),
-        backoff: Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(500), jitter: 0.5 },
+        backoff: Backoff { initial: Duration::from_millis(100), max: Duration::from_millis(500), jitter: true },
         max_attempts: Some(200),
         timeout: Duration::from_secs(2),
         silence_timeout: Duration::from_secs(2),
@@ -184,7 +79,7 @@ async fn until_me(bot: &mut Bot, pred: impl Fn(&arena_sdk::protocol::BotState) -
 #[tokio::test]
 async fn sigkill_costs_at_most_a_flush_of_events_and_a_second_of_state() {
     let db = TestDb::create().await;
-    let prefix = format!("{{{}}}", unique("kill-"));
+    let prefix = redis_prefix("kill-");
     let (_alloc, base) = allocator(&prefix).await;
     let a = gameserver("gs-a", &base, &db.url, &prefix, &[]).await;
     let b = gameserver("gs-b", &base, &db.url, &prefix, &[]).await;
@@ -198,7 +93,7 @@ async fn sigkill_costs_at_most_a_flush_of_events_and_a_second_of_state() {
     }
     let owner = bots[0].1.server_id.clone();
     assert!(bots.iter().all(|(_, s)| s.server_id == owner), "one world, one server");
-    let owner_proc = if owner == "gs-a" { &a } else { &b };
+    let owner_proc = if owner == "gs-a" { &a.proc } else { &b.proc };
 
     // Each bot chats and changes its status every 100 ms; we note when each was acknowledged.
     let mut acked_lines: Vec<(String, Instant)> = Vec::new();
@@ -269,7 +164,7 @@ async fn sigkill_costs_at_most_a_flush_of_events_and_a_second_of_state() {
 #[tokio::test]
 async fn a_paused_old_owner_cannot_overwrite_the_new_one() {
     let db = TestDb::create().await;
-    let prefix = format!("{{{}}}", unique("pause-"));
+    let prefix = redis_prefix("pause-");
     let (_alloc, base) = allocator(&prefix).await;
     let fast = ["--snapshot-every-secs", "1"];
     let gs_a = gameserver("gs-a", &base, &db.url, &prefix, &fast).await;
@@ -285,7 +180,7 @@ async fn a_paused_old_owner_cannot_overwrite_the_new_one() {
     // Let gs-a write a snapshot of that.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    a.signal("-STOP");
+    a.proc.signal("-STOP");
     let moved = joined_elsewhere(&mut bot, &first.server_id).await;
     assert_eq!(moved.server_id, other);
     bot.act("on_b", None).await.unwrap();
@@ -293,7 +188,7 @@ async fn a_paused_old_owner_cannot_overwrite_the_new_one() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // The old owner wakes up, still holding the world with its old fence.
-    a.signal("-CONT");
+    a.proc.signal("-CONT");
     let deadline = tokio::time::Instant::now() + WAIT;
     while a.metric("arena_live_worlds").await > 0.0 {
         assert!(tokio::time::Instant::now() < deadline, "the old owner never let the world go");
@@ -303,8 +198,11 @@ async fn a_paused_old_owner_cannot_overwrite_the_new_one() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let client = redis::Client::open(shared_redis()).unwrap();
     let conn = redis::aio::ConnectionManager::new(client).await.unwrap();
-    let hot =
-        arena_gameserver::persist::snapshots::RedisSnapshots::new(conn, &prefix).load("pw").await.unwrap().unwrap();
+    let hot = arena_gameserver::persist::snapshots::RedisSnapshots::new(conn, &prefix, Duration::from_secs(60))
+        .load("pw")
+        .await
+        .unwrap()
+        .unwrap();
     let pool = db.pool().await;
     let durable =
         arena_gameserver::persist::snapshots::PgSnapshots::new(pool.clone(), "t").load("pw").await.unwrap().unwrap();
@@ -322,11 +220,13 @@ async fn a_paused_old_owner_cannot_overwrite_the_new_one() {
         .get(0);
     assert_eq!(old_fence_rows, 0);
     let refused = a.metric("arena_snapshots_refused_total").await;
-    let evicted_by_heartbeat = a.log().contains("world evicted");
+    let log = a.proc.log();
+    let evicted_by_heartbeat =
+        log.contains("world evicted") || log.contains("suspended world let go") || log.contains("lease ran out");
     assert!(
         refused > 0.0 || evicted_by_heartbeat,
         "the old owner was neither refused nor told to let go:\n{}",
-        a.log()
+        a.proc.log()
     );
     bot.shutdown().await;
     clear_redis(&shared_redis(), &prefix).await;
@@ -343,27 +243,15 @@ async fn chat(c: &mut Client, tag: &str, from: usize, n: usize) {
     }
 }
 
-async fn standalone(db_url: &str, buffer: usize) -> (Proc, String) {
-    let (ws, http) = (free_addr(), free_addr());
-    let args: Vec<String> = [
-        "serve",
-        "--ws-addr",
-        &ws.to_string(),
-        "--http-addr",
-        &http.to_string(),
-        "--database-url",
-        db_url,
-        "--flush-every-ms",
-        "200",
-        "--activity-buffer",
-        &buffer.to_string(),
-    ]
-    .into_iter()
-    .map(String::from)
-    .collect();
-    let p = spawn(bin("arena-gameserver"), &args, format!("http://{http}"));
-    wait_ok(&format!("{}/readyz", p.http)).await;
-    (p, format!("ws://{ws}/ws"))
+async fn standalone(db_url: &str, buffer: usize) -> (GameserverProc, String) {
+    let args: Vec<String> =
+        ["--database-url", db_url, "--flush-every-ms", "200", "--activity-buffer", &buffer.to_string()]
+            .map(String::from)
+            .into();
+    let p = start_gameserver(GameserverOpts { allocators: vec![], extra: args, ..GameserverOpts::new("gs-alone", "") })
+        .await;
+    let ws = p.ws_url.clone();
+    (p, ws)
 }
 
 async fn count_said(db_url: &str, tag: &str) -> i64 {
@@ -381,7 +269,10 @@ async fn count_said(db_url: &str, tag: &str) -> i64 {
 #[tokio::test]
 async fn postgres_down_for_ten_seconds_loses_nothing_the_buffer_holds() {
     let pg = ThrowawayPg::start();
-    let out = Command::new(bin("arena-gameserver")).args(["migrate", "--database-url", &pg.url()]).output().unwrap();
+    let out = Command::new(workspace_bin("arena-gameserver"))
+        .args(["migrate", "--database-url", &pg.url()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
 
     // A buffer far larger than 10 s of chat: nothing may be lost.
@@ -424,6 +315,38 @@ async fn postgres_down_for_ten_seconds_loses_nothing_the_buffer_holds() {
     let dropped = server.metric("arena_activity_dropped_total").await;
     assert!(written < 40 && written > 0, "written {written}");
     assert!(dropped >= (40 - written) as f64, "dropped {dropped}, written {written}");
-    assert!(server.log().contains("activity buffer full"), "the loss is logged:\n{}", server.log());
+    assert!(server.proc.log().contains("activity buffer full"), "the loss is logged:\n{}", server.proc.log());
     c.leave().await.unwrap();
+}
+
+/// A join that fails for a reason the client can retry — the world's saved state could not be
+/// loaded — does not burn its ticket: the same ticket joins once the database is back.
+#[tokio::test]
+async fn a_failed_join_does_not_burn_its_ticket() {
+    let pg = ThrowawayPg::start();
+    let out = Command::new(workspace_bin("arena-gameserver"))
+        .args(["migrate", "--database-url", &pg.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "migrate: {}", String::from_utf8_lossy(&out.stderr));
+    let (_server, ws) = standalone(&pg.url(), 1000).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let grant = arena_sdk::ticket::Grant::new("retry-world", "patient");
+    let ticket = arena_sdk::ticket::mint(&arena_sdk::ticket::TicketKey::development(), &grant, 60, now).unwrap().0;
+    pg.stop();
+    let mut c = Client::connect(&ws, Encoding::MsgPack).await.unwrap();
+    match c.join(&ticket, None).await {
+        Err(arena_sdk::client::ClientError::Refused(e)) => assert_eq!(e.code.as_str(), "unavailable"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    pg.restart();
+    let mut c = Client::connect(&ws, Encoding::MsgPack).await.unwrap();
+    let w = c.join(&ticket, None).await.expect("the same ticket joins once the world can be loaded");
+    assert_eq!(w.world, "retry-world");
+    // Used now: a third try is refused as reused.
+    let mut again = Client::connect(&ws, Encoding::MsgPack).await.unwrap();
+    match again.join(&ticket, None).await {
+        Err(arena_sdk::client::ClientError::Refused(e)) => assert_eq!(e.code.as_str(), "ticket_reused"),
+        other => panic!("expected ticket_reused, got {other:?}"),
+    }
 }

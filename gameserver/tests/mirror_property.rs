@@ -1,14 +1,18 @@
-//! Property: for any sequence of joins, leaves, drops, resumes, inputs and ticks, every client
-//! mirror that applies the encoded updates (through the real codec, both encodings) equals the
-//! server's world after every tick, acknowledges exactly its seat's inputs, and no world ever
-//! holds more than its capacity.
+//! Property: for any sequence of joins, leaves, drops, resumes, inputs, resync requests and
+//! ticks, every client mirror that applies what the real tick (`tick::tick_room`: the update
+//! encoded once per encoding, each client's ack patched in, resync snapshots) hands its link —
+//! decoded with the real codec, both encodings — equals the server's world after every tick,
+//! acknowledges exactly its seat's inputs, and no world ever holds more than its capacity.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
+use arena_gameserver::link::{Delivery, Link, Outgoing};
 use arena_gameserver::room::{QueuedInput, Room, RoomConfig};
+use arena_gameserver::tick::{TickScratch, TickStats, tick_room};
 use arena_gameserver::world::{World, WorldConfig};
 use arena_sdk::Encoding;
-use arena_sdk::codec::{ack_bytes, decode_server, encode, encode_update};
+use arena_sdk::codec::{decode_server, encode};
 use arena_sdk::mirror::Mirror;
 use arena_sdk::protocol::{Act, Command, Move, ServerMsg};
 use proptest::prelude::*;
@@ -50,10 +54,34 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// A client: its connection id, encoding, mirror and last sent seq.
-struct ClientSide {
-    conn: u64,
+/// A connection that keeps what the tick hands it.
+#[derive(Debug, Clone)]
+struct Recorder {
+    id: u64,
     enc: Encoding,
+    sent: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Link for Recorder {
+    fn id(&self) -> u64 {
+        self.id
+    }
+    fn encoding(&self) -> Encoding {
+        self.enc
+    }
+    fn send(&self, message: &mut Outgoing<'_>) -> Delivery {
+        self.sent.lock().unwrap().push(message.message().to_vec());
+        Delivery::Sent
+    }
+    fn is_drained(&self) -> bool {
+        true
+    }
+    fn close(&self, _: u16, _: &str) {}
+}
+
+/// A client: its connection, mirror and last sent seq.
+struct ClientSide {
+    link: Recorder,
     mirror: Mirror,
     seq: u32,
 }
@@ -64,7 +92,8 @@ fn roundtrip(enc: Encoding, msg: &ServerMsg) -> ServerMsg {
 
 fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
     let world = World::new(WorldConfig { capacity: CAPACITY, ..WorldConfig::default() }, seed);
-    let mut room: Room<u64> = Room::new(world, RoomConfig { grace_ticks: 3, slow_client_ticks: 100 });
+    let mut room: Room<Recorder> = Room::new(world, RoomConfig { grace_ticks: 3, slow_client_ticks: 100 });
+    let (mut scratch, mut stats) = (TickScratch::default(), TickStats::default());
     let mut clients: HashMap<usize, ClientSide> = HashMap::new();
     let mut tokens: HashMap<usize, String> = HashMap::new();
     let mut inbox: Vec<QueuedInput> = Vec::new();
@@ -80,29 +109,30 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
                 let conn = next_conn;
                 next_conn += 1;
                 let token = format!("tok{conn}");
+                let enc = if conn.is_multiple_of(2) { Encoding::Json } else { Encoding::MsgPack };
+                let link = Recorder { id: conn, enc, sent: Arc::default() };
                 let seated = match op {
-                    Op::Join(_) => room.join(&name(n), token.clone(), conn, conn).ok(),
-                    _ => tokens.get(&n).and_then(|t| room.resume(t, token.clone(), conn, conn).ok()),
+                    Op::Join(_) => room.join(&name(n), token.clone(), conn, link.clone()).ok(),
+                    _ => tokens.get(&n).and_then(|t| room.resume(t, token.clone(), conn, link.clone()).ok()),
                 };
                 let Some(seated) = seated else { continue };
                 tokens.insert(n, token);
-                let enc = if conn.is_multiple_of(2) { Encoding::Json } else { Encoding::MsgPack };
                 let welcome = match roundtrip(enc, &ServerMsg::Welcome(room.welcome(seated.bot, "w", &inbox).unwrap()))
                 {
                     ServerMsg::Welcome(w) => w,
                     other => return Err(TestCaseError::fail(format!("{other:?}"))),
                 };
                 let seq = welcome.ack_seq;
-                clients.insert(n, ClientSide { conn, enc, mirror: Mirror::from_welcome(&welcome), seq });
+                clients.insert(n, ClientSide { link, mirror: Mirror::from_welcome(&welcome), seq });
             }
             Op::Leave(n) | Op::Drop(n) => {
                 if let Some(c) = clients.remove(&n) {
                     let bot = c.mirror.me();
                     if matches!(op, Op::Leave(_)) {
-                        prop_assert!(room.leave(bot, c.conn));
+                        prop_assert!(room.leave(bot, c.link.id));
                         tokens.remove(&n);
                     } else {
-                        prop_assert!(room.disconnect(bot, c.conn));
+                        prop_assert!(room.disconnect(bot, c.link.id));
                     }
                 }
             }
@@ -118,38 +148,22 @@ fn run(ops: Vec<Op>, seed: u64) -> Result<(), TestCaseError> {
                 }
             }
             Op::Tick => {
-                room.run_tick(&inbox);
+                tick_room(&mut room, &inbox, &mut scratch, &mut stats);
                 inbox.clear();
                 // Clients whose seat expired (grace ran out while they were away) are gone.
                 clients.retain(|_, c| {
-                    room.seat(c.mirror.me()).is_some_and(|s| s.holder.as_ref().map(|h| h.id) == Some(c.conn))
+                    room.seat(c.mirror.me()).is_some_and(|s| s.holder.as_ref().map(|h| h.id) == Some(c.link.id))
                 });
-                let ch = room.changes();
-                let mut frames = HashMap::new();
-                for enc in Encoding::ALL {
-                    let (mut head, mut tail) = (Vec::new(), Vec::new());
-                    encode_update(enc, room.tick(), &ch.changed, &ch.removed, &ch.events, &mut head, &mut tail)
-                        .unwrap();
-                    frames.insert(enc, (head, tail));
-                }
                 for c in clients.values_mut() {
-                    let i = room.seats().iter().position(|s| s.bot == c.mirror.me()).unwrap();
-                    if room.lag_action(i, || true) == arena_gameserver::room::LagAction::Snapshot {
-                        let snap = roundtrip(c.enc, &ServerMsg::Snapshot(room.snapshot_for(i)));
-                        let ServerMsg::Snapshot(s) = snap else { unreachable!() };
-                        c.mirror.reset(s.tick, s.ack_seq, &s.snapshot);
-                        room.mark_resynced(i);
-                        continue;
+                    for bytes in std::mem::take(&mut *c.link.sent.lock().unwrap()) {
+                        match decode_server(c.link.enc, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                            ServerMsg::Update(u) => {
+                                c.mirror.apply_update(&u).map_err(|e| TestCaseError::fail(e.to_string()))?
+                            }
+                            ServerMsg::Snapshot(s) => c.mirror.reset(s.tick, s.ack_seq, &s.snapshot),
+                            other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+                        }
                     }
-                    let (head, tail) = &frames[&c.enc];
-                    let mut buf = [0u8; 10];
-                    let mut bytes = head.clone();
-                    bytes.extend_from_slice(ack_bytes(c.enc, room.seats()[i].ack_seq, &mut buf));
-                    bytes.extend_from_slice(tail);
-                    let ServerMsg::Update(u) = decode_server(c.enc, &bytes).unwrap() else {
-                        return Err(TestCaseError::fail("not an update"));
-                    };
-                    c.mirror.apply_update(&u).map_err(|e| TestCaseError::fail(e.to_string()))?;
                 }
                 for c in clients.values() {
                     prop_assert_eq!(c.mirror.snapshot(), room.world().snapshot());

@@ -13,7 +13,7 @@ use arena_gameserver::room::SavedRoom;
 use arena_sdk::Encoding;
 use arena_sdk::client::Client;
 use arena_sdk::protocol::{Act, BotState, Command, Move, ServerMsg};
-use common::db::{TestDb, clear_redis, shared_redis, unique};
+use arena_testkit::stores::{TestDb, clear_redis, shared_redis, unique};
 use common::{TestServer, config, recv_until};
 use sqlx::Row;
 
@@ -170,26 +170,21 @@ async fn snapshot_writes_carry_fences_and_old_owners_are_refused() {
     // A world written for the first time is claimed on the way.
     assert!(pg.save(&[encoded("fresh", 1, 1)]).await.unwrap().is_empty());
 
-    // Redis: the registry's placement decides, then the stored fence.
+    // Redis: the stored snapshot's fence decides, and every snapshot key expires.
     let prefix = format!("{{{}}}", unique("snap-"));
     let client = redis::Client::open(shared_redis()).unwrap();
     let conn = redis::aio::ConnectionManager::new(client.clone()).await.unwrap();
-    let hot = RedisSnapshots::new(conn, &prefix);
+    let hot = RedisSnapshots::new(conn, &prefix, std::time::Duration::from_secs(600));
     assert!(hot.save(&[encoded("w", 5, 3)]).await.unwrap().is_empty());
-    let mut con = client.get_multiplexed_async_connection().await.unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(format!("{prefix}:placement"))
-        .arg("w")
-        .arg("gs-new|9|0")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert_eq!(hot.save(&[encoded("w", 5, 4)]).await.unwrap(), vec!["w".to_string()]);
-    assert!(hot.save(&[encoded("w", 9, 1)]).await.unwrap().is_empty());
+    assert!(hot.save(&[encoded("w", 9, 1)]).await.unwrap().is_empty(), "a newer placement writes");
+    assert_eq!(hot.save(&[encoded("w", 5, 4)]).await.unwrap(), vec!["w".to_string()], "the old owner is refused");
     let back = hot.load("w").await.unwrap().unwrap();
     assert_eq!((back.fence, back.tick), (9, 1));
     let room: SavedRoom = back.decode().unwrap();
     assert_eq!(room.seats.len(), 1);
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(format!("{prefix}:snap:w")).query_async(&mut con).await.unwrap();
+    assert!((590_000..=600_000).contains(&ttl), "snapshot keys expire: {ttl}");
     clear_redis(&shared_redis(), &prefix).await;
     pool.close().await;
     db.drop_db().await;
@@ -260,6 +255,85 @@ async fn graceful_shutdown_loses_no_event_and_no_state() {
     c.leave().await.unwrap();
     again.stop().await;
     clear_redis(&shared_redis(), &prefix).await;
+    pool.close().await;
+    db.drop_db().await;
+}
+
+/// A record PostgreSQL refuses never stalls the log: a day without a partition gets one made on
+/// demand, a record no partition can hold is set aside in `activity_rejected`, and the rest of
+/// its batch is written.
+#[tokio::test]
+async fn refused_activity_records_are_set_aside_and_the_rest_is_written() {
+    use arena_gameserver::metrics::Metrics;
+    use arena_gameserver::persist::activity::{ActivityLog, Record, WriterConfig, run_writer};
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let metrics = std::sync::Arc::new(Metrics::new());
+    let (log, rx) = ActivityLog::new(1000, std::sync::Arc::clone(&metrics));
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let day = 86_400_000;
+    let world: std::sync::Arc<str> = std::sync::Arc::from("dl");
+    let say = |at_ms: u64, text: &str| Record::Activity {
+        at_ms,
+        seq: log.next_seq(),
+        world: std::sync::Arc::clone(&world),
+        bot: Some("b".into()),
+        kind: "say",
+        data: Some(serde_json::json!({ "text": text }).to_string()),
+    };
+    // One batch: two ordinary lines, one ten days ahead (beyond the partitions made ahead), one
+    // four hundred days ahead (beyond the window partitions are made for).
+    for r in
+        [say(now_ms, "now-1"), say(now_ms + 10 * day, "ten-days"), say(now_ms + 400 * day, "far"), say(now_ms, "now-2")]
+    {
+        log.push(r);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let cfg = WriterConfig {
+        flush_every: Duration::from_millis(100),
+        max_batch: 100,
+        final_deadline: Duration::from_secs(5),
+    };
+    let writer =
+        tokio::spawn(run_writer(pool.clone(), rx, "gs-dl".into(), "local".into(), cfg, metrics.clone(), stop.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let written: Vec<String> = sqlx::query("SELECT data->>'text' FROM activity WHERE world_id = 'dl' ORDER BY 1")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if written.len() == 3 {
+            assert_eq!(written, vec!["now-1", "now-2", "ten-days"]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "written so far: {written:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rejected: Vec<(String, String)> = sqlx::query("SELECT record->'data'->>'text', error FROM activity_rejected")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rejected.len(), 1, "{rejected:?}");
+    assert_eq!(rejected[0].0, "far");
+    assert!(rejected[0].1.contains("partition"), "{rejected:?}");
+    assert_eq!(metrics.activity_rejected.get(), 1);
+    assert_eq!(metrics.activity_written.get(), 3);
+    assert_eq!(metrics.activity_dropped.get(), 0);
+    // The log goes on.
+    log.push(say(now_ms, "after"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metrics.activity_written.get() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "the log stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.cancel();
+    writer.await.unwrap();
     pool.close().await;
     db.drop_db().await;
 }

@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 use arena_sdk::Encoding;
 use arena_sdk::protocol::{Command, Event, ServerMsg};
-use common::{TestServer, recv_until};
+use common::{TestServer, recv_until, recv_until_within};
 
 #[tokio::test]
 async fn python_client_joins_moves_chats_and_sees_another_bot() {
@@ -27,8 +27,9 @@ async fn python_client_joins_moves_chats_and_sees_another_bot() {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
 
-    // Rusty greets the Python bot once it has joined, then hears it and sees it walk.
-    let msg = recv_until(&mut rusty, |m, _| {
+    // Rusty greets the Python bot once it has joined, then hears it and sees it walk. A Python
+    // interpreter starting on a busy 2-core machine may take seconds.
+    let msg = recv_until_within(&mut rusty, std::time::Duration::from_secs(30), |m, _| {
         matches!(m, ServerMsg::Update(u) if u.events.iter().any(|e| matches!(e, Event::Joined { name, .. } if name == "pybot")))
     })
     .await;

@@ -30,6 +30,8 @@ pub struct Behaviour {
     pub bots_per_world: usize,
     pub connect_timeout: Duration,
     pub join_attempts: u32,
+    /// Refusals in a row before a bot gives up as refused.
+    pub refusal_attempts: u32,
 }
 
 /// Shared by all bots.
@@ -43,6 +45,26 @@ pub struct Swarm {
 /// The data frame opcode of an encoding.
 pub fn frame_op(enc: Encoding) -> u8 {
     if enc.is_binary() { OP_BINARY } else { OP_TEXT }
+}
+
+/// Whether a lost connection was the server moving the bot's world: draining (1001), the world
+/// placed elsewhere (4006), or its lease lost (4007) — "allocate again", not a failure.
+pub fn moved(why: &str) -> bool {
+    matches!(why, "closed:1001" | "closed:4006" | "closed:4007")
+}
+
+/// Whether a failed join was the fleet saying "no room now, retry" — the allocator's
+/// `429 no_capacity`, `429 world_unavailable` (full, or moving off a draining server) or
+/// `503 unavailable`, or the gameserver's `overloaded` — rather than an error.
+pub fn refusal(kind: &str) -> bool {
+    matches!(
+        kind,
+        "assign:refused:no_capacity"
+            | "assign:refused:world_unavailable"
+            | "assign:refused:unavailable"
+            | "join_refused:overloaded"
+            | "connect:handshake_refused"
+    )
 }
 
 /// A short label for an error, for the errors-by-kind table.
@@ -67,45 +89,71 @@ impl Swarm {
     pub async fn join_bot(self: Arc<Self>, idx: usize, start: Instant, stop: Arc<AtomicBool>) -> Option<Player> {
         tokio::time::sleep_until(start).await;
         let rng = SplitMix64::new(0x9e37_79b9 ^ idx as u64);
-        self.seat_with_retries(idx, rng, 0, stop).await
+        let player = self.seat_with_retries(idx, rng, 0, stop).await;
+        if player.is_some() {
+            self.stats.ever_joined.fetch_add(1, Ordering::Relaxed);
+        }
+        player
     }
 
-    /// Get a lost bot back: resume its seat, or join afresh when the seat is gone.
-    pub async fn rejoin(self: Arc<Self>, seat: Seat, stop: Arc<AtomicBool>) -> Option<Player> {
+    /// Get a lost bot back. Its world moved (`why` is a close 1001, 4006 or 4007, the server's
+    /// "ask the allocator again"): allocate again at once. Its connection broke: resume its seat,
+    /// or allocate again when the seat is gone. After a new allocation, the bot must have its
+    /// own seat back (the same bot id): counted as kept or lost.
+    pub async fn rejoin(self: Arc<Self>, seat: Seat, why: &str, stop: Arc<AtomicBool>) -> Option<Player> {
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        match self.resume(&seat).await {
-            Ok(p) => {
-                self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                self.stats.joined.fetch_add(1, Ordering::Relaxed);
-                Some(p)
-            }
-            Err(kind) => {
-                self.stats.error(format!("resume:{kind}"));
-                let seq = seat.seq;
-                self.seat_with_retries(seat.idx, seat.rng, seq, stop).await
+        if !moved(why) {
+            match self.resume(&seat).await {
+                Ok(p) => {
+                    self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.stats.joined.fetch_add(1, Ordering::Relaxed);
+                    return Some(p);
+                }
+                Err(kind) => self.stats.error(format!("resume:{kind}")),
             }
         }
+        let (bot, seq) = (seat.bot, seat.seq);
+        let player = self.seat_with_retries(seat.idx, seat.rng, seq, stop).await?;
+        if player.seat.bot == bot {
+            self.stats.seats_kept.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stats.seats_lost.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(player)
     }
 
-    async fn seat_with_retries(
-        &self,
-        idx: usize,
-        mut rng: SplitMix64,
-        seq: u32,
-        stop: Arc<AtomicBool>,
-    ) -> Option<Player> {
-        for failures in 1..=self.behaviour.join_attempts {
+    /// Seat a bot, retrying: errors with backoff (each counted), refusals — the documented
+    /// answers of a full or overloaded fleet — after the second the fleet asks to wait, until a
+    /// few of them in a row make the bot give up as refused (counted once, not as an error).
+    async fn seat_with_retries(&self, idx: usize, rng: SplitMix64, seq: u32, stop: Arc<AtomicBool>) -> Option<Player> {
+        use backon::BackoffBuilder;
+        let mut delays = backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(200))
+            .with_max_delay(Duration::from_secs(6))
+            .with_jitter()
+            .without_max_times()
+            .build();
+        let (mut failures, mut refusals) = (0, 0);
+        while failures < self.behaviour.join_attempts {
             if stop.load(Ordering::Relaxed) {
                 return None;
             }
             match self.join(idx, rng.clone(), seq).await {
                 Ok(p) => return Some(p),
+                Err(kind) if refusal(&kind) => {
+                    refusals += 1;
+                    if refusals >= self.behaviour.refusal_attempts {
+                        self.stats.refused(kind);
+                        return None;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 Err(kind) => {
+                    failures += 1;
                     self.stats.error(kind);
-                    let backoff = Duration::from_millis(200 << failures.min(5)).mul_f64(0.5 + rng.next_f64());
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(6))).await;
                 }
             }
         }
@@ -123,8 +171,16 @@ impl Swarm {
         let connected = Instant::now();
         let join = ClientMsg::Join { ticket: assignment.ticket, world: Some(assignment.world) };
         conn_send(&mut conn, b.encoding, &join).await?;
-        let seat =
-            Seat { idx, addr: assignment.addr, path: assignment.path, resume_token: String::new(), seq, tick: 0, rng };
+        let seat = Seat {
+            idx,
+            bot: 0,
+            addr: assignment.addr,
+            path: assignment.path,
+            resume_token: String::new(),
+            seq,
+            tick: 0,
+            rng,
+        };
         let player = self.welcome(conn, seat).await?;
         self.stats.joined(JoinTimes {
             alloc: assignment.took,
@@ -142,6 +198,7 @@ impl Swarm {
         conn_send(&mut conn, b.encoding, &ClientMsg::Resume { token: seat.resume_token.clone() }).await?;
         let seat = Seat {
             idx: seat.idx,
+            bot: seat.bot,
             addr: seat.addr,
             path: seat.path.clone(),
             resume_token: String::new(),
@@ -164,6 +221,7 @@ impl Swarm {
             match decode_server(enc, conn.payload(frame)) {
                 Ok(ServerMsg::Welcome(w)) => {
                     seat.resume_token = w.resume_token;
+                    seat.bot = w.bot;
                     seat.seq = seat.seq.max(w.ack_seq);
                     seat.tick = w.tick;
                     let (stream, inbuf, outbuf) = conn.into_parts().map_err(|e| format!("io:{:?}", e.kind()))?;

@@ -35,6 +35,8 @@ use crate::wsclient::{FrameBuf, FrameOut, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG,
 #[derive(Debug)]
 pub struct Seat {
     pub idx: usize,
+    /// The bot's id in its world (from its last `welcome`; 0 before the first).
+    pub bot: u32,
     pub addr: SocketAddr,
     pub path: String,
     pub resume_token: String,

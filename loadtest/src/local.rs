@@ -1,7 +1,8 @@
 //! `--local`: start the servers as child processes on loopback, wait until they are ready, stop
-//! them gracefully at the end.
+//! them gracefully at the end. Each binds port 0 and names the ports it got in its ready file
+//! (`--ready-file`), so there is no race between picking a free port and binding it.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -20,9 +21,10 @@ pub struct LocalProcess {
     child: Child,
 }
 
-/// A free loopback port (bound and released; a tiny race is acceptable for a test harness).
-pub fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// What a server writes to its ready file: the addresses it bound.
+#[derive(Debug, serde::Deserialize)]
+struct Ready {
+    http: SocketAddr,
 }
 
 /// The binary `name` beside this executable (as `cargo build` lays them out), unless given.
@@ -47,10 +49,15 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
     String::from_utf8_lossy(&buf).split(' ').nth(1)?.parse().ok()
 }
 
-fn spawn(bin: &Path, name: &str, args: &[String], log_dir: &Path, http: SocketAddr) -> anyhow::Result<LocalProcess> {
+/// Start `bin` with `args` and wait (up to 15 s) for its ready file; then for `/readyz`.
+async fn spawn(bin: &Path, name: &str, args: &[String], log_dir: &Path) -> anyhow::Result<LocalProcess> {
     let log = std::fs::File::create(log_dir.join(format!("{name}.log")))?;
-    let child = Command::new(bin)
+    let ready_file = log_dir.join(format!("{name}.ready.json"));
+    let _ = std::fs::remove_file(&ready_file);
+    let mut child = Command::new(bin)
         .args(args)
+        .arg("--ready-file")
+        .arg(&ready_file)
         .env_remove("ARENA_REDIS_URL")
         .stdout(Stdio::null())
         .stderr(log)
@@ -58,19 +65,23 @@ fn spawn(bin: &Path, name: &str, args: &[String], log_dir: &Path, http: SocketAd
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     let pid = child.id().context("child pid")?;
-    Ok(LocalProcess { name: name.to_owned(), pid, http, child })
+    let limit = Duration::from_secs(15);
+    let ready: Ready = arena_service::ready::wait(&ready_file, limit, || matches!(child.try_wait(), Ok(None)))
+        .await
+        .with_context(|| format!("{name} did not start (log: {})", log_dir.join(format!("{name}.log")).display()))?;
+    let mut p = LocalProcess { name: name.to_owned(), pid, http: ready.http, child };
+    p.wait_ready(limit).await?;
+    Ok(p)
 }
 
 /// Start `arena-allocator serve` (in-memory registry) and wait for `/readyz`; its base URL.
 pub async fn start_allocator(bin: &Path, log_dir: &Path) -> anyhow::Result<(LocalProcess, String)> {
-    let http = free_port()?;
     // The swarm comes from one address with one key: lift the request limits.
-    let args: Vec<String> = ["serve", "--listen", &http.to_string(), "--key-rate", "1000000", "--ip-rate", "1000000"]
-        .map(String::from)
-        .into();
-    let mut p = spawn(bin, "allocator", &args, log_dir, http)?;
-    p.wait_ready(Duration::from_secs(15)).await?;
-    Ok((p, format!("http://{http}")))
+    let args: Vec<String> =
+        ["serve", "--listen", "127.0.0.1:0", "--key-rate", "1000000", "--ip-rate", "1000000"].map(String::from).into();
+    let p = spawn(bin, "allocator", &args, log_dir).await?;
+    let url = format!("http://{}", p.http);
+    Ok((p, url))
 }
 
 /// Start `arena-gameserver serve` number `i`, reporting to `allocator`, and wait for `/readyz`.
@@ -82,14 +93,13 @@ pub async fn start_gameserver(
     allocator: &str,
     extra: &[String],
 ) -> anyhow::Result<LocalProcess> {
-    let (ws, http) = (free_port()?, free_port()?);
     let name = format!("gs-{i}");
     let args: Vec<String> = vec![
         "serve".into(),
         "--ws-addr".into(),
-        ws.to_string(),
+        "127.0.0.1:0".into(),
         "--http-addr".into(),
-        http.to_string(),
+        "127.0.0.1:0".into(),
         "--server-id".into(),
         name.clone(),
         "--max-worlds".into(),
@@ -100,9 +110,7 @@ pub async fn start_gameserver(
         "local".into(),
     ];
     let args: Vec<String> = args.into_iter().chain(extra.iter().cloned()).collect();
-    let mut p = spawn(bin, &name, &args, log_dir, http)?;
-    p.wait_ready(Duration::from_secs(15)).await?;
-    Ok(p)
+    spawn(bin, &name, &args, log_dir).await
 }
 
 /// Wait until the allocator counts `n` live servers.
@@ -155,19 +163,29 @@ impl LocalProcess {
     }
 }
 
+/// The Prometheus text exposition at `http://<addr>/metrics` (empty when it does not answer
+/// within 5 s).
+async fn metrics_text(addr: SocketAddr) -> String {
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(5), fetch).await.ok().flatten().unwrap_or_default()
+}
+
+/// The value of the unlabelled metric `name` at `http://<addr>/metrics`.
+pub async fn gauge(addr: SocketAddr, name: &str) -> Option<f64> {
+    metrics_text(addr).await.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The counters (`*_total`) of a Prometheus text exposition at `http://<addr>/metrics`.
 pub async fn counters(addr: SocketAddr) -> std::collections::BTreeMap<String, f64> {
     let mut out = std::collections::BTreeMap::new();
-    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else { return out };
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    if s.write_all(req.as_bytes()).await.is_err() {
-        return out;
-    }
-    let mut buf = Vec::new();
-    if s.read_to_end(&mut buf).await.is_err() {
-        return out;
-    }
-    for line in String::from_utf8_lossy(&buf).lines() {
+    for line in metrics_text(addr).await.lines() {
         let Some((name, value)) = line.rsplit_once(' ') else { continue };
         if !line.starts_with('#')
             && name.contains("_total")

@@ -92,6 +92,9 @@ struct Cli {
     /// Fail if more errors than this were seen.
     #[arg(long)]
     max_errors: Option<u64>,
+    /// Fail if more bots than this came back without their own seat after losing it.
+    #[arg(long)]
+    max_seats_lost: Option<u64>,
     /// Fail if fewer bots than this joined (default: all).
     #[arg(long)]
     min_joined: Option<u64>,
@@ -234,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             bots_per_world: cli.bots_per_world,
             connect_timeout: Duration::from_secs(10),
             join_attempts: 5,
+            refusal_attempts: 3,
         },
         stats: Arc::clone(&stats),
     });
@@ -269,12 +273,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 if stop.load(Ordering::Relaxed) {
                     continue;
                 }
-                swarm.stats.disconnects.fetch_add(1, Ordering::Relaxed);
-                swarm.stats.error(why);
+                if arena_loadtest::bot::moved(&why) {
+                    swarm.stats.moved.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    swarm.stats.disconnects.fetch_add(1, Ordering::Relaxed);
+                    swarm.stats.error(why.clone());
+                }
                 let (swarm, engines, stop) = (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop));
                 tokio::spawn(async move {
                     let idx = seat.idx;
-                    if let Some(p) = swarm.rejoin(seat, stop).await {
+                    if let Some(p) = swarm.rejoin(seat, &why, stop).await {
                         engines[idx % engines.len()].add(p);
                     }
                 });
@@ -314,19 +322,20 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         };
         prev_me = me_now;
         let w = Percentiles::of(&window.window_input_ack);
+        let join = Percentiles::of(&window.join_total);
         let point = Point {
             t_s: (now - t0).as_secs_f64(),
             joined,
             updates_per_s: (updates - prev_updates) as f64,
             input_ack_p50_ms: w.p50,
             input_ack_p99_ms: w.p99,
+            join_p99_ms: join.p99,
             errors: stats.error_count(),
             server_cores,
             loadtest_cores,
         };
         prev_updates = updates;
         if !cli.quiet {
-            let join = Percentiles::of(&window.join_total);
             let line = format!(
                 "[{:>6.1}s] joined {:>6}/{} | input→ack p50 {:>6.1} p99 {:>6.1} ms | join p99 {:>6.1} ms | {:>7.0} upd/s | errors {} | server {:.2} cores, loadtest {:.2} cores",
                 point.t_s,
@@ -379,6 +388,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     }
     me.hold_end = me.poll();
     let joined_at_end = stats.joined.load(Ordering::Relaxed);
+    let leaked_reservations = match &swarm.target {
+        Target::Allocator(a) if cli.local => Some(leaked_reservations(a, &local).await),
+        _ => None,
+    };
 
     stop.store(true, Ordering::Relaxed);
     joins.abort_all();
@@ -405,7 +418,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         duration_s: secs,
         errors: stats.error_count(),
         errors_by_kind: stats.errors(),
+        refused: stats.refusals().values().sum(),
+        refused_by_kind: stats.refusals(),
+        leaked_reservations,
         disconnects: stats.disconnects.load(Ordering::Relaxed),
+        moved: stats.moved.load(Ordering::Relaxed),
+        seats_kept: stats.seats_kept.load(Ordering::Relaxed),
+        seats_lost: stats.seats_lost.load(Ordering::Relaxed),
         reconnects: stats.reconnects.load(Ordering::Relaxed),
         tick_gaps: stats.gaps.load(Ordering::Relaxed),
         unacked_inputs: stats.unacked.load(Ordering::Relaxed),
@@ -429,6 +448,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     if report.joined < min_joined {
         report.slo_failures.push(format!("{} bots joined, fewer than {min_joined}", report.joined));
     }
+    // A bot the fleet had no room for must hear so: every bot is seated or refused.
+    let unanswered = (cli.bots as u64).saturating_sub(report.joined + report.refused);
+    if unanswered > 0 {
+        report.slo_failures.push(format!("{unanswered} bots neither seated nor refused"));
+    }
+    if let Some(n) = report.leaked_reservations
+        && n > 0
+    {
+        report.slo_failures.push(format!("{n} seats reserved at the allocator that no gameserver holds"));
+    }
     if let Some(max) = cli.max_p99_ms
         && report.input_ack_ms.p99 > max
     {
@@ -444,6 +473,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     {
         report.slo_failures.push(format!("{} errors > {max}", report.errors));
     }
+    if let Some(max) = cli.max_seats_lost
+        && report.seats_lost > max
+    {
+        report.slo_failures.push(format!("{} bots came back without their seat > {max}", report.seats_lost));
+    }
     print!("{}", report.table());
     if let Some(path) = &cli.report_json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| path.display().to_string())?;
@@ -453,6 +487,30 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         std::fs::write(&path, report.svg()).with_context(|| path.display().to_string())?;
     }
     Ok(if report.slo_failures.is_empty() { 0 } else { 1 })
+}
+
+/// Seats the allocator counts beyond those the gameservers hold. Heartbeats carry the truth a
+/// beat late, so this is the smallest difference seen over three readings a second apart: a
+/// reservation in flight shows once, a leaked one every time.
+async fn leaked_reservations(a: &ViaAllocator, procs: &[LocalProcess]) -> i64 {
+    let mut least = i64::MAX;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let used = async {
+            let v: serde_json::Value =
+                a.http.get(format!("{}/v1/servers", a.url)).bearer_auth(&a.key).send().await.ok()?.json().await.ok()?;
+            Some(v.as_array()?.iter().filter_map(|s| s["seats_used"].as_i64()).sum::<i64>())
+        };
+        let Some(used) = used.await else { continue };
+        let mut held = 0.0;
+        for p in procs.iter().filter(|p| p.name.starts_with("gs-")) {
+            held += arena_loadtest::local::gauge(p.http, "arena_seats").await.unwrap_or(0.0);
+        }
+        least = least.min(used - held as i64);
+    }
+    if least == i64::MAX { 0 } else { least }
 }
 
 /// The gameservers' counters, summed.

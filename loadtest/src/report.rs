@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use arena_service::svg::Panel;
 use serde::Serialize;
 
 use crate::stats::Percentiles;
@@ -37,6 +38,9 @@ pub struct Point {
     pub updates_per_s: f64,
     pub input_ack_p50_ms: f64,
     pub input_ack_p99_ms: f64,
+    /// p99 of the joins that completed in this second (0 when none did).
+    #[serde(default)]
+    pub join_p99_ms: f64,
     pub errors: u64,
     pub server_cores: f64,
     pub loadtest_cores: f64,
@@ -57,8 +61,26 @@ pub struct Report {
     pub duration_s: f64,
     pub errors: u64,
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// Bots the fleet refused (no room, overloaded), by its answer: not errors.
+    #[serde(default)]
+    pub refused: u64,
+    #[serde(default)]
+    pub refused_by_kind: BTreeMap<String, u64>,
+    /// Seats the allocator counted at the end of the hold beyond those the gameservers held
+    /// (reservations nobody will use); `None` without an allocator.
+    #[serde(default)]
+    pub leaked_reservations: Option<i64>,
     pub disconnects: u64,
     pub reconnects: u64,
+    /// Connections closed because the bot's world moved (a drain, a re-placement).
+    #[serde(default)]
+    pub moved: u64,
+    /// Bots allocated again after losing their connection that got their own seat back (same
+    /// bot id), and those that got a new one.
+    #[serde(default)]
+    pub seats_kept: u64,
+    #[serde(default)]
+    pub seats_lost: u64,
     pub tick_gaps: u64,
     pub unacked_inputs: u64,
     pub join_ms: Percentiles,
@@ -126,6 +148,20 @@ impl Report {
         for (kind, n) in &self.errors_by_kind {
             let _ = writeln!(o, "    {kind}: {n}");
         }
+        if self.moved > 0 || self.seats_kept > 0 || self.seats_lost > 0 {
+            let _ = writeln!(
+                o,
+                "  moved by the server {}  came back to their own seat {}  to a new seat {}",
+                self.moved, self.seats_kept, self.seats_lost
+            );
+        }
+        if self.refused > 0 || self.leaked_reservations.is_some() {
+            let leaked = self.leaked_reservations.map_or("-".to_owned(), |n| n.to_string());
+            let _ = writeln!(o, "  refused {} (the fleet had no room)  leaked reservations {leaked}", self.refused);
+            for (kind, n) in &self.refused_by_kind {
+                let _ = writeln!(o, "    {kind}: {n}");
+            }
+        }
         for p in self.servers.iter().chain(self.loadtester.iter()) {
             let _ = writeln!(
                 o,
@@ -181,17 +217,9 @@ impl Report {
         ];
         for (title, top, series) in panels {
             let y_max = series.iter().flat_map(|(_, _, v)| v.iter().copied()).fold(1.0f64, f64::max) * 1.1;
-            let y = |v: f64| top + panel_h - (v / y_max) * panel_h;
-            let _ = write!(
-                s,
-                r##"<rect x="{pad}" y="{top}" width="{}" height="{panel_h}" fill="none" stroke="#888"/><text x="{pad}" y="{}">{title}</text>"##,
-                w - 2.0 * pad,
-                top - 6.0
-            );
-            for frac in [0.0, 0.5, 1.0] {
-                let v = y_max * frac;
-                let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">{v:.0}</text>"#, pad - 6.0, y(v) + 4.0);
-            }
+            let panel = Panel { pad, width: w, top, height: panel_h, y_max };
+            let y = |v: f64| panel.y(v);
+            panel.frame(&mut s, title);
             for (i, (name, color, values)) in series.iter().enumerate() {
                 let points: Vec<String> =
                     self.timeline.iter().zip(values).map(|(p, v)| format!("{:.1},{:.1}", x(p.t_s), y(*v))).collect();
@@ -234,8 +262,14 @@ mod tests {
             duration_s: 2.1,
             errors: 0,
             errors_by_kind: BTreeMap::new(),
+            refused: 0,
+            refused_by_kind: BTreeMap::new(),
+            leaked_reservations: None,
             disconnects: 0,
             reconnects: 0,
+            moved: 0,
+            seats_kept: 0,
+            seats_lost: 0,
             tick_gaps: 0,
             unacked_inputs: 0,
             join_ms: p(3.0),
@@ -259,6 +293,7 @@ mod tests {
                     updates_per_s: 100.0,
                     input_ack_p50_ms: 20.0,
                     input_ack_p99_ms: 40.0,
+                    join_p99_ms: 3.0,
                     errors: 0,
                     server_cores: 0.1,
                     loadtest_cores: 0.1,
@@ -269,6 +304,7 @@ mod tests {
                     updates_per_s: 200.0,
                     input_ack_p50_ms: 25.0,
                     input_ack_p99_ms: 45.0,
+                    join_p99_ms: 0.0,
                     errors: 0,
                     server_cores: 0.1,
                     loadtest_cores: 0.1,

@@ -97,6 +97,8 @@ impl Samples {
 pub struct Stats {
     hists: Mutex<Hists>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Bots that gave up because the fleet refused them, by its last answer.
+    refused: Mutex<BTreeMap<String, u64>>,
     /// Bots currently in a world.
     pub joined: AtomicI64,
     /// Bots that joined at least once.
@@ -108,6 +110,12 @@ pub struct Stats {
     pub gaps: AtomicU64,
     pub disconnects: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Connections the server closed because the bot's world moved (drain, re-placement).
+    pub moved: AtomicU64,
+    /// Bots that, allocated again after losing their connection, got their own seat back (the
+    /// same bot id), or a new one.
+    pub seats_kept: AtomicU64,
+    pub seats_lost: AtomicU64,
     /// Inputs never acknowledged (the bot's pending list overflowed or the seat was lost).
     pub unacked: AtomicU64,
 }
@@ -125,6 +133,14 @@ impl Stats {
         self.errors.lock().values().sum()
     }
 
+    pub fn refused(&self, kind: impl Into<String>) {
+        *self.refused.lock().entry(kind.into()).or_default() += 1;
+    }
+
+    pub fn refusals(&self) -> BTreeMap<String, u64> {
+        self.refused.lock().clone()
+    }
+
     pub fn joined(&self, t: JoinTimes) {
         let mut h = self.hists.lock();
         let _ = h.join_alloc.record(us(t.alloc));
@@ -133,7 +149,6 @@ impl Stats {
         let _ = h.join_total.record(us(t.alloc + t.connect + t.welcome));
         drop(h);
         self.joined.fetch_add(1, Ordering::Relaxed);
-        self.ever_joined.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn flush(&self, s: &mut Samples) {

@@ -109,6 +109,10 @@ pub struct Endpoints {
 pub struct Allocation {
     /// Names the reservation (`DELETE /v1/allocations/{allocation_id}` cancels it).
     pub allocation_id: String,
+    /// The bot already held this seat (or a live reservation for it): the answer gives it back
+    /// instead of a new one.
+    #[serde(default)]
+    pub existing: bool,
     pub world_id: String,
     pub region: String,
     pub server_id: String,
@@ -129,8 +133,9 @@ pub struct ApiError {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiErrorBody {
-    /// `bad_request`, `unauthorized`, `rate_limited`, `no_capacity`, `world_unavailable`,
-    /// `payload_too_large`, `not_found`, `unavailable`, `internal`.
+    /// `bad_request`, `unauthorized`, `forbidden`, `rate_limited`, `no_capacity`,
+    /// `world_unavailable`, `seat_elsewhere`, `payload_too_large`, `headers_too_large`,
+    /// `timeout`, `not_found`, `method_not_allowed`, `unavailable`, `internal`.
     pub code: String,
     pub message: String,
     /// The offending request field, for `bad_request`.
@@ -148,10 +153,55 @@ pub enum ServerState {
     Draining,
 }
 
+/// One region in `GET /v1/regions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionSummary {
+    pub region: String,
+    pub servers_ready: usize,
+    pub servers: usize,
+    pub worlds: u64,
+    /// Worlds the ready servers may hold.
+    pub world_capacity: u64,
+    /// Seats occupied or reserved on ready servers.
+    pub seats_used: u64,
+    /// Seats of ready servers.
+    pub seats: u64,
+    /// Bots the ready servers can still take: free seats, bounded by each server's tick budget.
+    pub room: u64,
+    pub utilisation: f64,
+}
+
+/// One server in `GET /v1/servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerSummary {
+    pub server_id: String,
+    pub region: String,
+    pub ws: String,
+    pub state: ServerState,
+    /// Heard from within the server timeout.
+    pub alive: bool,
+    pub last_seen_ms_ago: u64,
+    pub worlds: u32,
+    pub max_worlds: u32,
+    pub world_capacity: u32,
+    /// Seats occupied or reserved.
+    pub seats_used: u32,
+    /// Its measured load, as it last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<ServerLoad>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
 /// Most worlds a heartbeat may report.
 pub const MAX_REPORTED_WORLDS: usize = 10_000;
 /// Most joined reservations one world may report per heartbeat.
 pub const MAX_JOINED_PER_REPORT: usize = 1_000;
+/// Largest fence (placement generation) anyone may hold: 2^53 − 1, exact in every JSON and Lua
+/// number.
+pub const MAX_FENCE: u64 = (1 << 53) - 1;
+/// Largest tick load a server may report (it is a ratio; 1.0 is its budget).
+pub const MAX_TICK_LOAD: f32 = 100.0;
 
 /// `POST /v1/servers/heartbeat`, every second from each gameserver.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +216,35 @@ pub struct Heartbeat {
     /// Seats per world.
     pub world_capacity: u32,
     pub worlds: Vec<WorldReport>,
+    /// How busy the server is, measured; none from a server that does not measure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<ServerLoad>,
+    /// The server's build or template version (the fleet rolls servers by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// A server's measured load.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerLoad {
+    /// The tick's use of its time budget: 1.0 is the most the server takes before its bots'
+    /// latency suffers; past it, it takes no new bots.
+    pub tick: f32,
+    /// Bots connected now.
+    pub bots: u32,
+    /// Bots the server estimates it can still take within its tick budget (0 when past it).
+    pub room: u32,
+}
+
+/// A ticket a server refused at `join` (it was past its tick budget, say): its reservation can
+/// be freed at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusedTicket {
+    /// The ticket's nonce (the reservation id).
+    pub nonce: String,
+    pub bot: String,
 }
 
 /// One live world in a heartbeat.
@@ -178,9 +257,16 @@ pub struct WorldReport {
     pub fence: u64,
     /// Seats taken (connected bots and bots within their resume grace).
     pub occupancy: u32,
-    /// Reservations (ticket nonces) used to join since the last heartbeat.
+    /// Reservations (ticket nonces) used to join since the last acknowledged heartbeat.
     #[serde(default)]
     pub joined: Vec<String>,
+    /// Every bot holding a seat (connected or within its grace), when the server sends the
+    /// list: after it changed, and every few seconds for each world.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bots: Option<Vec<String>>,
+    /// Tickets refused at `join` since the last acknowledged heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<RefusedTicket>,
 }
 
 impl Heartbeat {
@@ -204,15 +290,43 @@ impl Heartbeat {
         if self.worlds.len() > self.max_worlds as usize {
             return Err(field("worlds", "more worlds than max_worlds"));
         }
+        if let Some(v) = &self.version
+            && !valid_id(v)
+        {
+            return Err(field("version", "1 to 64 characters of A-Z a-z 0-9 _ . : -"));
+        }
+        if let Some(l) = &self.load
+            && (!l.tick.is_finite() || !(0.0..=MAX_TICK_LOAD).contains(&l.tick))
+        {
+            return Err(field("load.tick", format!("a number from 0 to {MAX_TICK_LOAD}")));
+        }
+        let mut seen = std::collections::HashSet::with_capacity(self.worlds.len());
         for w in &self.worlds {
             if !valid_id(&w.world_id) {
                 return Err(field("worlds.world_id", "1 to 64 characters of A-Z a-z 0-9 _ . : -"));
             }
+            if !seen.insert(w.world_id.as_str()) {
+                return Err(field("worlds.world_id", format!("world {} is reported twice", w.world_id)));
+            }
+            if w.fence > MAX_FENCE {
+                return Err(field("worlds.fence", format!("at most {MAX_FENCE}")));
+            }
             if w.occupancy > self.world_capacity {
                 return Err(field("worlds.occupancy", "more than world_capacity"));
             }
-            if w.joined.len() > MAX_JOINED_PER_REPORT || w.joined.iter().any(|n| n.is_empty() || n.len() > 64) {
+            let nonce_ok = |n: &str| !n.is_empty() && n.len() <= 64;
+            if w.joined.len() > MAX_JOINED_PER_REPORT || !w.joined.iter().all(|n| nonce_ok(n)) {
                 return Err(field("worlds.joined", format!("at most {MAX_JOINED_PER_REPORT} ids of 1 to 64 bytes")));
+            }
+            if w.refused.len() > MAX_JOINED_PER_REPORT
+                || !w.refused.iter().all(|r| nonce_ok(&r.nonce) && valid_id(&r.bot))
+            {
+                return Err(field("worlds.refused", format!("at most {MAX_JOINED_PER_REPORT} tickets")));
+            }
+            if let Some(bots) = &w.bots
+                && (bots.len() > self.world_capacity as usize || !bots.iter().all(|b| valid_id(b)))
+            {
+                return Err(field("worlds.bots", "at most world_capacity bot ids"));
             }
         }
         Ok(())
@@ -226,6 +340,19 @@ pub struct HeartbeatReply {
     pub fences: BTreeMap<String, u64>,
     /// Reported worlds that are placed elsewhere now: the server must let them go.
     pub evict: Vec<String>,
+    /// Worlds placed on this server that it did not report (placed, not loaded yet), with
+    /// their fences: the only worlds besides `fences` it may load.
+    #[serde(default)]
+    pub placed: BTreeMap<String, u64>,
+    /// The registry's newest fence when it answered: a world placed on this server after this
+    /// answer has a larger fence.
+    #[serde(default)]
+    pub watermark: u64,
+    /// How long after *sending* this heartbeat the server may keep serving its worlds without
+    /// another acknowledged one (its lease). The allocator moves a silent server's worlds only
+    /// after its server timeout, which is longer by a safety margin.
+    #[serde(default)]
+    pub lease_ms: u64,
 }
 
 #[cfg(test)]
@@ -277,7 +404,16 @@ mod tests {
             state: ServerState::Ready,
             max_worlds: 2,
             world_capacity: 30,
-            worlds: vec![WorldReport { world_id: "w".into(), fence: 1, occupancy: 3, joined: vec!["n".into()] }],
+            worlds: vec![WorldReport {
+                world_id: "w".into(),
+                fence: 1,
+                occupancy: 3,
+                joined: vec!["n".into()],
+                bots: Some(vec!["a".into(), "b".into(), "c".into()]),
+                refused: vec![],
+            }],
+            load: Some(ServerLoad { tick: 0.3, bots: 3, room: 100 }),
+            version: Some("v1".into()),
         }
     }
 
@@ -293,5 +429,19 @@ mod tests {
         let mut many = hb();
         many.worlds = vec![many.worlds[0].clone(); 3];
         assert_eq!(f(many), "worlds");
+        let mut twice = hb();
+        twice.max_worlds = 5;
+        twice.worlds = vec![twice.worlds[0].clone(); 2];
+        assert_eq!(f(twice), "worlds.world_id");
+        let mut huge = hb();
+        huge.worlds[0].fence = MAX_FENCE + 1;
+        assert_eq!(f(huge), "worlds.fence");
+        let mut crowd = hb();
+        crowd.worlds[0].bots = Some(vec!["x".into(); 31]);
+        assert_eq!(f(crowd), "worlds.bots");
+        for tick in [f32::NAN, -1.0, 1e9] {
+            assert_eq!(f(Heartbeat { load: Some(ServerLoad { tick, bots: 0, room: 0 }), ..hb() }), "load.tick");
+        }
+        assert_eq!(f(Heartbeat { version: Some("v 1".into()), ..hb() }), "version");
     }
 }

@@ -31,31 +31,34 @@ use crate::allocator_api::{Allocation, AllocationRequest, ApiError, Scheduling};
 use crate::client::{Client, ClientError};
 use crate::codec::Encoding;
 use crate::mirror::{Mirror, SessionEvent};
-use crate::protocol::{Act, BotId, Command, ErrorMsg, Move, ServerMsg, Update, close};
-use crate::rng::SplitMix64;
+use crate::protocol::{Act, BotId, Command, ErrorMsg, Event, Move, ServerMsg, Update, close};
 
-/// How long to wait between reconnection attempts: `initial`, doubling up to `max`, each wait
-/// scaled by a random factor in `[1 - jitter, 1 + jitter]` so that a fleet of bots that lost the
-/// same server does not come back in lockstep.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How long to wait between reconnection attempts: `initial`, doubling up to `max`; with
+/// `jitter` each wait grows by a random share of itself (up to double), so that a fleet of bots
+/// that lost the same server does not come back in lockstep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub initial: Duration,
     pub max: Duration,
-    pub jitter: f64,
+    pub jitter: bool,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), jitter: 0.5 }
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(5), jitter: true }
     }
 }
 
 impl Backoff {
-    /// The wait before attempt `n` (0 is the first retry), given a uniform sample `u` in `[0, 1)`.
-    pub fn delay(&self, n: u32, u: f64) -> Duration {
-        let base = self.initial.saturating_mul(1u32 << n.min(20)).min(self.max);
-        let factor = 1.0 - self.jitter + 2.0 * self.jitter * u.clamp(0.0, 1.0);
-        base.mul_f64(factor.max(0.0))
+    /// The waits, one per retry, for ever.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
+        use backon::BackoffBuilder;
+        let b = backon::ExponentialBuilder::new()
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max)
+            .with_factor(2.0)
+            .without_max_times();
+        if self.jitter { b.with_jitter().build() } else { b.build() }
     }
 }
 
@@ -117,8 +120,9 @@ pub enum BotEvent {
     Joined(Seat),
     /// A tick of the world, already applied to the mirror.
     Update(Update),
-    /// The mirror was replaced by a fresh snapshot.
-    Resynced,
+    /// The mirror was replaced by a fresh snapshot; `events` are what happened in the ticks it
+    /// replaced (chat lines, actions), so none is lost.
+    Resynced { events: Vec<Event> },
     /// The server refused something the bot sent.
     Error(ErrorMsg),
     /// The connection dropped; the bot is getting its seat back.
@@ -133,6 +137,9 @@ pub enum BotEvent {
 pub enum BotError {
     #[error("allocation refused: {} ({})", .0.error.message, .0.error.code)]
     Refused(ApiError),
+    /// The allocator refused for now, asking to retry after this long.
+    #[error("allocation refused for now: {} ({}); retry after {:?}", .0.error.message, .0.error.code, .1)]
+    RetryAfter(ApiError, Duration),
     #[error("allocator unreachable: {0}")]
     Http(String),
     #[error(transparent)]
@@ -141,6 +148,40 @@ pub enum BotError {
     NotConnected,
     #[error("the bot has stopped")]
     Stopped,
+}
+
+impl BotError {
+    /// Whether trying again later may succeed.
+    pub fn retryable(&self) -> bool {
+        use crate::protocol::ErrorCode as C;
+        match self {
+            BotError::RetryAfter(..) | BotError::Http(_) => true,
+            BotError::Refused(e) => {
+                matches!(e.error.code.as_str(), "unavailable" | "no_capacity" | "world_unavailable")
+            }
+            BotError::Client(ClientError::Refused(e)) => matches!(
+                e.code,
+                C::Unavailable
+                    | C::Overloaded
+                    | C::Draining
+                    | C::ServerFull
+                    | C::WorldFull
+                    | C::TicketWrongServer
+                    | C::TicketExpired
+            ),
+            BotError::Client(ClientError::Closed { code, .. }) => *code != close::POLICY_VIOLATION,
+            BotError::Client(ClientError::WebSocket(_) | ClientError::Timeout(_)) => true,
+            _ => false,
+        }
+    }
+
+    /// How long the allocator asked to wait (zero when it did not say).
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            BotError::RetryAfter(_, d) => *d,
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 enum Request {
@@ -171,7 +212,10 @@ impl Drop for Bot {
 
 impl Bot {
     /// Allocate a seat through the allocator at `allocator_url`, connect and join. Returns once
-    /// seated; the first event is the [`BotEvent::Joined`].
+    /// seated; the first event is the [`BotEvent::Joined`]. Refusals that say "retry" (`429`,
+    /// `503`, a server that is busy, draining or not serving the world yet) and unreachable
+    /// servers are retried with backoff, waiting at least the allocator's `Retry-After`, up to
+    /// `max_attempts`; other refusals are returned at once.
     pub async fn connect(allocator_url: &str, options: BotOptions) -> Result<Bot, BotError> {
         let http =
             reqwest::Client::builder().timeout(options.timeout).build().map_err(|e| BotError::Http(e.to_string()))?;
@@ -180,14 +224,28 @@ impl Bot {
             http,
             options,
             mirror: Arc::new(Mutex::new(None)),
-            rng: SplitMix64::new(seed()),
             endpoint: None,
             token: None,
             events_dropped: 0,
             failures: 0,
             seated_at: None,
         };
-        let (client, seat) = driver.allocate_and_join().await?;
+        let mut delays = driver.options.backoff.delays();
+        let mut attempt = 0u32;
+        let (client, seat) = loop {
+            match driver.allocate_and_join().await {
+                Ok(joined) => break joined,
+                Err(e) => {
+                    attempt += 1;
+                    let out_of_attempts = driver.options.max_attempts.is_some_and(|max| attempt >= max);
+                    if !e.retryable() || out_of_attempts {
+                        return Err(e);
+                    }
+                    let wait = delays.next().unwrap_or(driver.options.backoff.max).max(e.retry_after());
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        };
         let (req_tx, req_rx) = mpsc::channel(64);
         let (ev_tx, ev_rx) = mpsc::channel(EVENT_BUFFER);
         let mirror = Arc::clone(&driver.mirror);
@@ -244,19 +302,12 @@ impl Bot {
     }
 }
 
-fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b)
-}
-
 /// The task behind a [`Bot`]: owns the connection and reconnects.
 struct Driver {
     allocator: String,
     http: reqwest::Client,
     options: BotOptions,
     mirror: Arc<Mutex<Option<Mirror>>>,
-    rng: SplitMix64,
     /// The server of the current seat, for resuming.
     endpoint: Option<(String, Seat)>,
     token: Option<String>,
@@ -285,7 +336,7 @@ fn classify(e: &ClientError) -> Lost {
         ClientError::Closed { code, reason } => match *code {
             close::REPLACED => Lost::Stop(format!("another connection took the seat: {reason}")),
             close::POLICY_VIOLATION => Lost::Stop(format!("closed for protocol violations: {reason}")),
-            close::GOING_AWAY | close::WORLD_MOVED | close::JOIN_REFUSED => {
+            close::GOING_AWAY | close::WORLD_MOVED | close::LEASE_LOST | close::JOIN_REFUSED => {
                 Lost::Reallocate(format!("closed {code}: {reason}"))
             }
             _ => Lost::Resume(format!("closed {code}: {reason}")),
@@ -330,9 +381,16 @@ impl Driver {
             resp.json().await.map_err(|e| BotError::Http(e.to_string()))
         } else {
             let status = resp.status();
-            match resp.json::<ApiError>().await {
-                Ok(e) => Err(BotError::Refused(e)),
-                Err(_) => Err(BotError::Http(format!("allocator answered {status}"))),
+            let retry_after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(|s| Duration::from_secs(s.min(60)));
+            match (resp.json::<ApiError>().await, retry_after) {
+                (Ok(e), Some(after)) => Err(BotError::RetryAfter(e, after)),
+                (Ok(e), None) => Err(BotError::Refused(e)),
+                (Err(_), _) => Err(BotError::Http(format!("allocator answered {status}"))),
             }
         }
     }
@@ -374,6 +432,11 @@ impl Driver {
             self.failures = 0;
         }
         let mut resumes = 0u32;
+        let mut delays = self.options.backoff.delays();
+        // Retries after the first carry on the doubling where the last failures left it.
+        for _ in 1..self.failures {
+            delays.next();
+        }
         loop {
             // A server that cannot be reached a few times in a row may be gone for good: ask the
             // allocator, which places the world elsewhere once the server stops reporting.
@@ -398,8 +461,9 @@ impl Driver {
             }
             self.emit(events, BotEvent::Reconnecting { attempt, reason });
             // The first try after a stable seat goes at once; later ones back off.
-            if attempt > 0 {
-                let wait = self.options.backoff.delay(attempt - 1, self.rng.next_f64());
+            if attempt > 0
+                && let Some(wait) = delays.next()
+            {
                 tokio::time::sleep(wait).await;
             }
             self.failures += 1;
@@ -473,7 +537,8 @@ impl Driver {
                         heard = tokio::time::Instant::now();
                         let event = match (r.msg, r.event) {
                             (ServerMsg::Update(u), SessionEvent::Updated) => Some(BotEvent::Update(u)),
-                            (_, SessionEvent::Resynced | SessionEvent::Welcomed) => Some(BotEvent::Resynced),
+                            (ServerMsg::Snapshot(s), SessionEvent::Resynced) => Some(BotEvent::Resynced { events: s.events }),
+                            (_, SessionEvent::Resynced | SessionEvent::Welcomed) => Some(BotEvent::Resynced { events: Vec::new() }),
                             (ServerMsg::Error(e), _) => Some(BotEvent::Error(e)),
                             _ => None,
                         };
@@ -507,14 +572,13 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), jitter: 0.5 };
-        assert_eq!(b.delay(0, 0.5), Duration::from_millis(100));
-        assert_eq!(b.delay(1, 0.5), Duration::from_millis(200));
-        assert_eq!(b.delay(3, 0.5), Duration::from_millis(800));
-        assert_eq!(b.delay(4, 0.5), Duration::from_secs(1), "capped");
-        assert_eq!(b.delay(40, 0.5), Duration::from_secs(1), "no overflow");
-        assert_eq!(b.delay(0, 0.0), Duration::from_millis(50));
-        assert!(b.delay(0, 0.999_999) < Duration::from_millis(150));
+        let plain = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), jitter: false };
+        let waits: Vec<u64> = plain.delays().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(waits, vec![100, 200, 400, 800, 1000, 1000]);
+        let jittered = Backoff { jitter: true, ..plain };
+        for (w, base) in jittered.delays().zip([100u64, 200, 400, 800, 1000, 1000]) {
+            assert!((base..2 * base).contains(&(w.as_millis() as u64)), "{w:?} for {base}");
+        }
     }
 
     #[test]
@@ -523,6 +587,7 @@ mod tests {
         assert!(matches!(classify(&closed(close::REPLACED)), Lost::Stop(_)));
         assert!(matches!(classify(&closed(close::GOING_AWAY)), Lost::Reallocate(_)));
         assert!(matches!(classify(&closed(close::WORLD_MOVED)), Lost::Reallocate(_)));
+        assert!(matches!(classify(&closed(close::LEASE_LOST)), Lost::Reallocate(_)));
         assert!(matches!(classify(&closed(close::SLOW_CONSUMER)), Lost::Resume(_)));
         assert!(matches!(classify(&closed(1006)), Lost::Resume(_)));
     }

@@ -37,6 +37,8 @@ pub enum ClientError {
     WrongFrame(&'static str),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("QUIC: {0}")]
+    Quic(String),
 }
 
 /// A message received and what it did to the session.

@@ -331,3 +331,53 @@ mod tests {
         assert_eq!(json, r#"{"type":"error","code":"ticket_reused","message":"m"}"#);
     }
 }
+
+/// What `docs/protocol.md` §2 promises about MessagePack numbers from clients.
+#[cfg(test)]
+mod msgpack_widths {
+    use super::*;
+    use crate::protocol::{Command, Move};
+
+    /// `{"type":"input","seq":<seq>,"move":{"to":[<x>,<y>]}}` with the given raw encodings.
+    fn input(seq: &[u8], x: &[u8], y: &[u8]) -> Vec<u8> {
+        let mut m = vec![0x83, 0xa4];
+        m.extend_from_slice(b"type");
+        m.push(0xa5);
+        m.extend_from_slice(b"input");
+        m.push(0xa3);
+        m.extend_from_slice(b"seq");
+        m.extend_from_slice(seq);
+        m.push(0xa4);
+        m.extend_from_slice(b"move");
+        m.extend_from_slice(&[0x81, 0xa2]);
+        m.extend_from_slice(b"to");
+        m.push(0x92);
+        m.extend_from_slice(x);
+        m.extend_from_slice(y);
+        m
+    }
+
+    fn decoded(bytes: &[u8]) -> Option<(u32, [f32; 2])> {
+        match decode_client(Encoding::MsgPack, bytes).ok()? {
+            ClientMsg::Input(i) => match i.command().ok()? {
+                Command::Move(Move::To(p)) => Some((i.seq, p)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn integers_of_any_width_and_both_float_widths_are_accepted() {
+        let f32_5 = [&[0xca][..], &5.0f32.to_be_bytes()].concat();
+        let f64_7 = [&[0xcb][..], &7.0f64.to_be_bytes()].concat();
+        for seq in [&[0x07][..], &[0xcc, 7], &[0xcd, 0, 7], &[0xce, 0, 0, 0, 7], &[0xcf, 0, 0, 0, 0, 0, 0, 0, 7]] {
+            assert_eq!(decoded(&input(seq, &f32_5, &f64_7)), Some((7, [5.0, 7.0])), "seq as {seq:x?}");
+        }
+        // Coordinates given as integers are numbers too.
+        assert_eq!(decoded(&input(&[0x01], &[0x05], &[0xcd, 0x01, 0x00])), Some((1, [5.0, 256.0])));
+        // A value, not a width, decides: a seq past u32 or a negative one is refused.
+        assert_eq!(decoded(&input(&[0xcf, 0, 0, 0, 1, 0, 0, 0, 0], &f32_5, &f32_5)), None);
+        assert_eq!(decoded(&input(&[0xff], &f32_5, &f32_5)), None);
+    }
+}

@@ -27,5 +27,7 @@ pub mod ticket;
 pub mod bot;
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "quic")]
+pub mod quic;
 
 pub use codec::Encoding;

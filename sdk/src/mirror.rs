@@ -193,7 +193,7 @@ impl ClientSession {
                     Err(e) => SessionEvent::ResyncNeeded(e),
                 }
             }
-            ServerMsg::Snapshot(Snapshot { tick, ack_seq, snapshot }) => {
+            ServerMsg::Snapshot(Snapshot { tick, ack_seq, snapshot, .. }) => {
                 let Some(mirror) = self.mirror.as_mut() else {
                     return SessionEvent::Unexpected;
                 };
@@ -261,7 +261,13 @@ mod tests {
         );
         assert_eq!(s.resync(), ClientMsg::Resync);
         assert_eq!(s.handle(&update(14, vec![], vec![])), SessionEvent::Skipped);
-        let snap = Snapshot { tick: 14, ack_seq: 6, snapshot: WorldSnapshot { width: 1.0, height: 1.0, bots: vec![] } };
+        let snap = Snapshot {
+            tick: 14,
+            ack_seq: 6,
+            snapshot: WorldSnapshot { width: 1.0, height: 1.0, bots: vec![] },
+            events: vec![],
+            events_truncated: false,
+        };
         assert_eq!(s.handle(&ServerMsg::Snapshot(snap)), SessionEvent::Resynced);
         assert_eq!(s.handle(&update(15, vec![], vec![])), SessionEvent::Updated);
         assert!(s.mirror().unwrap().is_empty());

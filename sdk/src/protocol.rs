@@ -22,6 +22,9 @@ pub const MAX_ACTION_LEN: usize = 32;
 pub const MAX_ID_LEN: usize = 64;
 /// Longest ticket or resume token a client may present, in bytes.
 pub const MAX_TOKEN_LEN: usize = 1024;
+/// How far one input's `seq` may jump past the previous one. Numbering must grow, and a seat
+/// can never be locked out by a client that jumps to the top of the `u32` range.
+pub const MAX_SEQ_STEP: u32 = 1_000_000;
 
 /// A bot's id inside one world (assigned when it takes a seat).
 pub type BotId = u32;
@@ -96,7 +99,7 @@ pub enum InputError {
     NonFinite,
     #[error("chat text is longer than {MAX_CHAT_CHARS} characters")]
     ChatTooLong,
-    #[error("chat text must not be empty or hold control characters")]
+    #[error("chat text must not be blank or hold control, format or line-separator characters")]
     BadChat,
     #[error("action must be 1 to {MAX_ACTION_LEN} characters of a-z, 0-9 and _")]
     BadAction,
@@ -153,10 +156,29 @@ fn validate_chat(text: &str) -> Result<(), InputError> {
     if text.chars().take(MAX_CHAT_CHARS + 1).count() > MAX_CHAT_CHARS {
         return Err(InputError::ChatTooLong);
     }
-    if text.trim().is_empty() || text.chars().any(char::is_control) {
+    if text.trim().is_empty() || text.chars().any(|c| !chat_char(c)) {
         return Err(InputError::BadChat);
     }
     Ok(())
+}
+
+/// Whether `c` may appear in a chat line. Refused, by Unicode general category: control
+/// characters (Cc), format characters (Cf: bidirectional overrides and isolates such as U+202E,
+/// zero-width spaces and joiners, the BOM, invisible tags) and line and paragraph separators
+/// (Zl, Zp: U+2028, U+2029) — everything that can hide text or make a line render as something
+/// else. One exception: U+200D ZERO WIDTH JOINER, which emoji sequences need.
+pub fn chat_char(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    if c == '\u{200D}' {
+        return true;
+    }
+    !matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    )
 }
 
 fn valid_action(action: &str) -> bool {
@@ -319,6 +341,14 @@ pub struct Snapshot {
     pub tick: Tick,
     pub ack_seq: u32,
     pub snapshot: WorldSnapshot,
+    /// What happened in the ticks this snapshot replaces — since the last update the client was
+    /// sent, up to this tick — so that no chat line or action is lost to a resync.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<Event>,
+    /// Events of those ticks were dropped because there were too many to keep (more than the
+    /// server keeps per world); the client missed some.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub events_truncated: bool,
 }
 
 /// Something that happened in a world during a tick.
@@ -393,8 +423,11 @@ pub enum ErrorCode {
     Busy,
     /// A WebSocket protocol violation.
     ProtocolError,
-    /// The world's saved state cannot be loaded right now: retry shortly.
+    /// The world cannot be served here right now (its saved state cannot be loaded, or the
+    /// server lost contact with the allocator): retry shortly, through the allocator.
     Unavailable,
+    /// The server is past its tick budget and takes no new bots: ask the allocator again.
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -423,6 +456,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ProtocolError => "protocol_error",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 }
@@ -453,6 +487,9 @@ pub mod close {
     pub const REPLACED: u16 = 4005;
     /// The world moved to another server (it was placed elsewhere): ask the allocator again.
     pub const WORLD_MOVED: u16 = 4006;
+    /// The server lost contact with the allocator for longer than its lease and stopped serving
+    /// the world, so that it can be placed elsewhere: ask the allocator again.
+    pub const LEASE_LOST: u16 = 4007;
 }
 
 #[cfg(test)]
@@ -487,6 +524,14 @@ mod tests {
         assert!(Input::new(1, Command::Say(ok)).command().is_ok());
         assert_eq!(Input::new(1, Command::Say("a\u{7}b".into())).command(), Err(InputError::BadChat));
         assert_eq!(Input::new(1, Command::Say("  ".into())).command(), Err(InputError::BadChat));
+        for sneaky in
+            ["abc\u{202E}def", "zero\u{200B}width", "line\u{2028}sep", "para\u{2029}", "iso\u{2066}x", "\u{FEFF}bom"]
+        {
+            assert_eq!(Input::new(1, Command::Say(sneaky.into())).command(), Err(InputError::BadChat), "{sneaky:?}");
+        }
+        for fine in ["héllo wörld", "日本語", "family 👨\u{200D}👩\u{200D}👧", "❤\u{FE0F}"] {
+            assert!(Input::new(1, Command::Say(fine.into())).command().is_ok(), "{fine:?}");
+        }
         let act = |a: &str| Input::new(1, Command::Act(Act { action: a.into(), target: None })).command();
         assert!(act("wave_2").is_ok());
         assert_eq!(act("Wave"), Err(InputError::BadAction));

@@ -3,19 +3,28 @@
 //!
 //! The tick never waits on the database: it hands records over with a non-blocking push, and a
 //! full buffer drops the record and counts it. The writer flushes at least once per flush
-//! interval; when PostgreSQL fails it keeps the batch and retries with backoff while the buffer
-//! absorbs what the game keeps producing. Every record carries a per-process sequence number,
-//! so a batch retried after an unclear failure is written once.
+//! interval; when PostgreSQL is unreachable it keeps the batch and retries with backoff while
+//! the buffer absorbs what the game keeps producing. Every record carries a per-process
+//! sequence number, so a batch retried after an unclear failure is written once.
+//!
+//! A batch PostgreSQL *refuses* (bad data rather than a lost connection) never stalls the log: a
+//! missing daily partition is created on demand (for days within [`PARTITION_WINDOW_DAYS`] of
+//! today), and what is still refused is split in halves until the refused records are found;
+//! the rest is written and each refused record is set aside in `activity_rejected`, counted and
+//! logged.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
-use crate::server::until_true;
+
+/// Partitions are made on demand for days at most this far from today.
+pub const PARTITION_WINDOW_DAYS: i64 = 31;
 
 /// One thing to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +78,7 @@ impl ActivityLog {
     pub fn push(&self, record: Record) {
         if self.tx.try_send(record).is_err() {
             self.metrics.activity_dropped.inc();
-            let now = crate::host::unix_now();
+            let now = crate::clock::unix_now();
             if self.last_drop_log.swap(now, Ordering::Relaxed) != now {
                 tracing::error!(
                     dropped_total = self.metrics.activity_dropped.get(),
@@ -103,17 +112,17 @@ pub async fn run_writer(
     region: String,
     cfg: WriterConfig,
     metrics: Arc<Metrics>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
+    use backon::BackoffBuilder;
     let mut batch: Vec<Record> = Vec::with_capacity(cfg.max_batch);
-    let mut stopping = false;
     let mut give_up_at = None;
     loop {
         // Gather until the flush interval passes or the batch is full.
         let deadline = tokio::time::Instant::now() + cfg.flush_every;
         let mut closed = false;
         while batch.len() < cfg.max_batch {
-            let next = if stopping {
+            let next = if give_up_at.is_some() {
                 rx.try_recv().ok()
             } else {
                 tokio::select! {
@@ -122,8 +131,7 @@ pub async fn run_writer(
                         r
                     }
                     () = tokio::time::sleep_until(deadline) => None,
-                    () = until_true(&mut stop) => {
-                        stopping = true;
+                    () = stop.cancelled() => {
                         give_up_at = Some(tokio::time::Instant::now() + cfg.final_deadline);
                         continue;
                     }
@@ -135,13 +143,21 @@ pub async fn run_writer(
             }
         }
         if !batch.is_empty() {
-            let mut backoff = Duration::from_millis(100);
+            let mut delays = backon::ExponentialBuilder::new()
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5))
+                .without_max_times()
+                .build();
             let mut failures = 0u32;
             loop {
-                match write_batch(&pool, &batch, &server_id, &region).await {
-                    Ok(()) => {
+                match write_resilient(&pool, &batch, &server_id, &region).await {
+                    Ok(rejected) => {
                         let n = batch.iter().filter(|r| matches!(r, Record::Activity { .. })).count();
-                        metrics.activity_written.inc_by(n as u64);
+                        let bad = rejected.iter().filter(|(r, _)| matches!(r, Record::Activity { .. })).count();
+                        metrics.activity_written.inc_by((n - bad) as u64);
+                        if !rejected.is_empty() {
+                            set_aside(&pool, &server_id, &rejected, &metrics).await;
+                        }
                         batch.clear();
                         break;
                     }
@@ -157,19 +173,157 @@ pub async fn run_writer(
                             tracing::error!(lost, "shutting down with PostgreSQL unavailable: activity records lost");
                             return;
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        if !stopping && *stop.borrow() {
-                            stopping = true;
+                        tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(5))).await;
+                        if give_up_at.is_none() && stop.is_cancelled() {
                             give_up_at = Some(tokio::time::Instant::now() + cfg.final_deadline);
                         }
                     }
                 }
             }
         }
-        if (stopping && rx.is_empty()) || closed {
+        if (give_up_at.is_some() && rx.is_empty()) || closed {
             return;
         }
+    }
+}
+
+/// Whether PostgreSQL refused the data itself (SQLSTATE classes 22 and 23): retrying the same
+/// records cannot help, and the rest of the batch must not wait for them.
+fn refused_data(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}
+
+fn missing_partition(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23514") && db.message().contains("no partition"))
+}
+
+/// Write `batch`, making missing partitions and setting aside what PostgreSQL refuses. `Ok`:
+/// every record was written but those returned (with why); `Err`: PostgreSQL could not be
+/// reached — retry the whole batch.
+async fn write_resilient(
+    pool: &PgPool,
+    batch: &[Record],
+    server_id: &str,
+    region: &str,
+) -> Result<Vec<(Record, String)>, sqlx::Error> {
+    match write_batch(pool, batch, server_id, region).await {
+        Ok(()) => return Ok(Vec::new()),
+        Err(e) if missing_partition(&e) => {
+            make_partitions(pool, batch).await?;
+            match write_batch(pool, batch, server_id, region).await {
+                Ok(()) => return Ok(Vec::new()),
+                Err(e) if refused_data(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) if refused_data(&e) => {}
+        Err(e) => return Err(e),
+    }
+    let mut rejected = Vec::new();
+    bisect(pool, batch, server_id, region, &mut rejected).await?;
+    Ok(rejected)
+}
+
+/// Write the halves of a refused batch on their own, down to single records, collecting those
+/// still refused.
+fn bisect<'a>(
+    pool: &'a PgPool,
+    batch: &'a [Record],
+    server_id: &'a str,
+    region: &'a str,
+    rejected: &'a mut Vec<(Record, String)>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'a>> {
+    Box::pin(async move {
+        if batch.len() == 1 {
+            return match write_batch(pool, batch, server_id, region).await {
+                Ok(()) => Ok(()),
+                Err(e) if refused_data(&e) => {
+                    rejected.push((batch[0].clone(), e.to_string()));
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let (a, b) = batch.split_at(batch.len() / 2);
+        for half in [a, b] {
+            match write_batch(pool, half, server_id, region).await {
+                Ok(()) => {}
+                Err(e) if refused_data(&e) => bisect(pool, half, server_id, region, rejected).await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Create the daily partitions the batch's records fall into, within the window around today.
+async fn make_partitions(pool: &PgPool, batch: &[Record]) -> Result<(), sqlx::Error> {
+    let today = (crate::clock::unix_now() / 86_400) as i64;
+    let mut days: Vec<i64> = batch
+        .iter()
+        .filter_map(|r| match r {
+            Record::Activity { at_ms, .. } => Some((*at_ms / 86_400_000) as i64),
+            _ => None,
+        })
+        .filter(|d| (d - today).abs() <= PARTITION_WINDOW_DAYS)
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    for day in days {
+        let made: bool = sqlx::query_scalar(
+            "SELECT arena_activity_partition_for((to_timestamp($1 * 86400) AT TIME ZONE 'UTC')::date)",
+        )
+        .bind(day)
+        .fetch_one(pool)
+        .await?;
+        if made {
+            tracing::info!(day, "activity partition made on demand");
+        }
+    }
+    Ok(())
+}
+
+/// Keep refused records in `activity_rejected` (or, if even that fails, in the log).
+async fn set_aside(pool: &PgPool, server_id: &str, rejected: &[(Record, String)], metrics: &Metrics) {
+    metrics.activity_rejected.inc_by(rejected.len() as u64);
+    let records: Vec<String> = rejected.iter().map(|(r, _)| record_json(r).to_string()).collect();
+    let errors: Vec<String> = rejected.iter().map(|(_, e)| e.chars().take(500).collect()).collect();
+    let kept = sqlx::query(
+        "INSERT INTO activity_rejected (server_id, record, error)
+         SELECT $1, r::jsonb, e FROM UNNEST($2::text[], $3::text[]) AS x(r, e)",
+    )
+    .bind(server_id)
+    .bind(&records)
+    .bind(&errors)
+    .execute(pool)
+    .await;
+    match kept {
+        Ok(_) => {
+            tracing::error!(n = rejected.len(), first_error = %errors[0], "activity records refused by PostgreSQL; set aside in activity_rejected")
+        }
+        Err(e) => {
+            metrics.activity_dropped.inc_by(rejected.len() as u64);
+            for (r, why) in records.iter().zip(&errors) {
+                tracing::error!(record = %r, refused = %why, error = %e, "activity record refused and could not be set aside");
+            }
+        }
+    }
+}
+
+/// A record as JSON, for the dead-letter table.
+pub fn record_json(r: &Record) -> serde_json::Value {
+    match r {
+        Record::Activity { at_ms, seq, world, bot, kind, data } => serde_json::json!({
+            "type": "activity", "at_ms": at_ms, "seq": seq, "world": &**world, "bot": bot, "kind": kind,
+            "data": data.as_deref().and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok()),
+        }),
+        Record::SessionStart { id, bot, world, at_ms } => {
+            serde_json::json!({"type": "session_start", "id": id, "bot": bot, "world": &**world, "at_ms": at_ms})
+        }
+        Record::SessionEnd { id, at_ms } => serde_json::json!({"type": "session_end", "id": id, "at_ms": at_ms}),
     }
 }
 

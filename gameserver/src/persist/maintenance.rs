@@ -1,5 +1,5 @@
 //! Housekeeping of the durable store: daily activity partitions created ahead, old ones
-//! detached, old snapshots pruned. Several gameservers may run it; an advisory lock lets one at a
+//! detached, old snapshots pruned, old rejected activity records deleted. Several gameservers may run it; an advisory lock lets one at a
 //! time do the work.
 
 use sqlx::{PgPool, Row};
@@ -13,6 +13,8 @@ const LOCK_KEY: i64 = 0x4152_454e_415f_4d41; // "ARENA_MA"
 pub struct Maintained {
     pub partitions_created: i32,
     pub snapshots_pruned: u64,
+    /// Rejected activity records older than the retention, deleted.
+    pub rejected_pruned: u64,
     /// Another server held the lock: nothing was done.
     pub skipped: bool,
 }
@@ -42,7 +44,16 @@ pub async fn run(pool: &PgPool, days_ahead: u32, retention_days: u32) -> Result<
         .execute(&mut *conn)
         .await?
         .rows_affected();
-        Ok(Maintained { partitions_created: created, snapshots_pruned: pruned, skipped: false })
+        let rejected_pruned = if retention_days > 0 {
+            sqlx::query("DELETE FROM activity_rejected WHERE rejected_at < now() - make_interval(days => $1)")
+                .bind(retention_days as i32)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected()
+        } else {
+            0
+        };
+        Ok(Maintained { partitions_created: created, snapshots_pruned: pruned, rejected_pruned, skipped: false })
     }
     .await;
     let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK_KEY).execute(&mut *conn).await;

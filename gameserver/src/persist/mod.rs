@@ -6,14 +6,14 @@
 pub mod activity;
 pub mod maintenance;
 pub mod snapshots;
-pub mod snapshotter;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::mpsc;
@@ -28,10 +28,14 @@ use snapshots::{Encoded, PgSnapshots, RedisSnapshots, StoreError, newest};
 pub struct PersistConfig {
     /// PostgreSQL: activity log and durable snapshots.
     pub database_url: Option<String>,
-    /// Redis: snapshots every second. Use the allocator's Redis and prefix, so that writes are
-    /// checked against world placements.
+    /// Redis: snapshots every second, under `<redis_prefix>:snap:<world>`.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// A Redis snapshot expires this long after its last write (PostgreSQL keeps the durable
+    /// copy).
+    pub redis_snapshot_ttl: Duration,
+    /// Deadline of every call to a store.
+    pub store_timeout: Duration,
     /// Apply the migrations at start.
     pub migrate: bool,
     /// The activity log is written at least this often.
@@ -52,6 +56,8 @@ impl Default for PersistConfig {
             database_url: None,
             redis_url: None,
             redis_prefix: "{arena}".to_owned(),
+            redis_snapshot_ttl: Duration::from_secs(24 * 3600),
+            store_timeout: Duration::from_secs(2),
             migrate: false,
             flush_every: Duration::from_secs(1),
             activity_buffer: 200_000,
@@ -86,9 +92,23 @@ impl std::fmt::Debug for Persist {
     }
 }
 
-/// Connect to PostgreSQL (migrating if asked).
+/// Connect to PostgreSQL.
 pub async fn connect_pg(url: &str) -> Result<PgPool, sqlx::Error> {
     PgPoolOptions::new().max_connections(4).acquire_timeout(Duration::from_secs(5)).connect(url).await
+}
+
+/// A Redis connection whose every command answers within `timeout` (an error otherwise), that
+/// reconnects by itself within a second of Redis coming back.
+pub async fn connect_redis(client: redis::Client, timeout: Duration) -> redis::RedisResult<ConnectionManager> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_number_of_retries(1)
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_millis(500));
+    tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config))
+        .await
+        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "Redis did not answer in time")))?
 }
 
 /// Apply the migrations in `migrations/`.
@@ -115,8 +135,8 @@ impl Persist {
         let redis = match &cfg.redis_url {
             Some(url) => {
                 let client = redis::Client::open(url.as_str()).context("Redis URL")?;
-                let conn = ConnectionManager::new(client).await.context("connecting to Redis")?;
-                Some(RedisSnapshots::new(conn, &cfg.redis_prefix))
+                let conn = connect_redis(client, cfg.store_timeout).await.context("connecting to Redis")?;
+                Some(RedisSnapshots::new(conn, &cfg.redis_prefix, cfg.redis_snapshot_ttl))
             }
             None => None,
         };
@@ -146,10 +166,17 @@ impl Persist {
         parts.join(" + ")
     }
 
+    /// Run a store call under the store deadline.
+    async fn bounded<T>(&self, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+        tokio::time::timeout(self.cfg.store_timeout, call)
+            .await
+            .map_err(|_| StoreError::Timeout(self.cfg.store_timeout))?
+    }
+
     /// Record that this server holds `world` with `fence`. False: a newer placement holds it.
     pub async fn claim(&self, world: &str, fence: u64) -> Result<bool, StoreError> {
         match &self.pg {
-            Some(pg) => pg.claim(world, fence).await,
+            Some(pg) => self.bounded(pg.claim(world, fence)).await,
             None => Ok(true),
         }
     }
@@ -157,11 +184,11 @@ impl Persist {
     /// The newest saved state of `world`, from either store, with the fence it was saved under.
     pub async fn load(&self, world: &str) -> Result<Option<(u64, SavedRoom)>, StoreError> {
         let hot = match &self.redis {
-            Some(r) => r.load(world).await?,
+            Some(r) => self.bounded(r.load(world)).await?,
             None => None,
         };
         let durable = match &self.pg {
-            Some(p) => p.load(world).await?,
+            Some(p) => self.bounded(p.load(world)).await?,
             None => None,
         };
         match newest(hot, durable) {
@@ -175,7 +202,7 @@ impl Persist {
     /// Save to Redis; the worlds refused because a newer placement holds them.
     pub async fn save_hot(&self, batch: &[Encoded]) -> Result<Vec<String>, StoreError> {
         match &self.redis {
-            Some(r) => r.save(batch).await,
+            Some(r) => self.bounded(r.save(batch)).await,
             None => Ok(Vec::new()),
         }
     }
@@ -183,7 +210,7 @@ impl Persist {
     /// Save to PostgreSQL; the worlds refused because a newer placement holds them.
     pub async fn save_durable(&self, batch: &[Encoded]) -> Result<Vec<String>, StoreError> {
         match &self.pg {
-            Some(p) => p.save(batch).await,
+            Some(p) => self.bounded(p.save(batch)).await,
             None => Ok(Vec::new()),
         }
     }

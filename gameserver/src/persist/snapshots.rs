@@ -1,10 +1,14 @@
 //! World snapshots: to Redis every second (hot), to PostgreSQL periodically and on drain
 //! (durable). Each write carries the world's fence — the generation of the placement this server
-//! holds — and is refused when a newer placement exists, so a server that was paused or cut off
-//! and comes back can never overwrite the new owner's state. A world that is placed (first time,
-//! or after its server died) starts from its newest snapshot in either store.
+//! holds — and is refused when the store already holds a newer one (Redis: the stored
+//! snapshot's fence; PostgreSQL: the `worlds` row a new owner claims before it loads), so a
+//! server that was paused or cut off and comes back can never overwrite the new owner's state.
+//! A world that is placed (first time, or after its server died) starts from its newest snapshot
+//! in either store. The gameserver reads and writes only its own keys (`<prefix>:snap:<world>`),
+//! never the allocator's; Redis snapshots expire after a while (the durable copy is in
+//! PostgreSQL).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use redis::Script;
 use redis::aio::ConnectionManager;
@@ -48,6 +52,8 @@ pub enum StoreError {
     Pg(#[from] sqlx::Error),
     #[error("stored snapshot of {0} is unreadable: {1}")]
     Corrupt(String, String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// The Redis side: one hash per world under the registry's prefix, written by a script that
@@ -56,6 +62,7 @@ pub struct RedisSnapshots {
     conn: ConnectionManager,
     prefix: String,
     write: Script,
+    ttl: Duration,
 }
 
 impl std::fmt::Debug for RedisSnapshots {
@@ -65,23 +72,25 @@ impl std::fmt::Debug for RedisSnapshots {
 }
 
 const WRITE_SCRIPT: &str = r"
--- ARGV: prefix, world, fence, tick, state, now (ms). Returns 'ok' or 'stale'.
-local P, world, fence = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local placed = redis.call('HGET', P .. ':placement', world)
-if placed then
-  local pf = tonumber(string.match(placed, '^.*|(%d+)|%d+$'))
-  if pf and pf > fence then return 'stale' end
-end
-local key = P .. ':snap:' .. world
+-- KEYS: the snapshot key. ARGV: fence, tick, state, ttl (ms). Returns 'ok' or 'stale'.
+local key, fence = KEYS[1], tonumber(ARGV[1])
 local stored = redis.call('HGET', key, 'fence')
 if stored and tonumber(stored) > fence then return 'stale' end
-redis.call('HSET', key, 'fence', ARGV[3], 'tick', ARGV[4], 'state', ARGV[5], 'at', ARGV[6])
+local t = redis.call('TIME')
+local at = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+redis.call('HSET', key, 'fence', ARGV[1], 'tick', ARGV[2], 'state', ARGV[3], 'at', at)
+redis.call('PEXPIRE', key, ARGV[4])
 return 'ok'
 ";
 
 impl RedisSnapshots {
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
-        RedisSnapshots { conn, prefix: prefix.to_owned(), write: Script::new(WRITE_SCRIPT) }
+    /// Snapshots under `<prefix>:snap:<world>`, each expiring `ttl` after its last write.
+    pub fn new(conn: ConnectionManager, prefix: &str, ttl: Duration) -> Self {
+        RedisSnapshots { conn, prefix: prefix.to_owned(), write: Script::new(WRITE_SCRIPT), ttl }
+    }
+
+    fn key(&self, world: &str) -> String {
+        format!("{}:snap:{world}", self.prefix)
     }
 
     /// Write every snapshot (one pipelined round trip); returns the worlds refused as stale.
@@ -89,30 +98,28 @@ impl RedisSnapshots {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let now = crate::host::unix_now_ms();
         let mut conn = self.conn.clone();
         // Make sure the script is loaded, then send every EVALSHA in one pipeline.
         self.write.load_async(&mut conn).await?;
+        let ttl = self.ttl.as_millis().max(1) as u64;
         let mut pipe = redis::pipe();
         for e in batch {
             pipe.cmd("EVALSHA")
                 .arg(self.write.get_hash())
-                .arg(0)
-                .arg(&self.prefix)
-                .arg(&e.world)
+                .arg(1)
+                .arg(self.key(&e.world))
                 .arg(e.fence)
                 .arg(e.tick)
                 .arg(e.state.as_slice())
-                .arg(now);
+                .arg(ttl);
         }
         let answers: Vec<String> = pipe.query_async(&mut conn).await?;
         Ok(batch.iter().zip(answers).filter(|(_, a)| a == "stale").map(|(e, _)| e.world.clone()).collect())
     }
 
     pub async fn load(&self, world: &str) -> Result<Option<Encoded>, StoreError> {
-        let key = format!("{}:snap:{world}", self.prefix);
         let (fence, tick, state): (Option<u64>, Option<u64>, Option<Vec<u8>>) = redis::cmd("HMGET")
-            .arg(&key)
+            .arg(self.key(world))
             .arg("fence")
             .arg("tick")
             .arg("state")

@@ -2,7 +2,8 @@
 //!
 //! [`decide`] is pure: request bytes in, response out. A request that cannot become an
 //! `arena.v1` session gets a plain HTTP error saying why (wrong path, not a WebSocket upgrade,
-//! no supported subprotocol, server full or draining).
+//! no supported subprotocol, server draining). [`shed_response`] is the `503` a connection gets
+//! when the server takes no more connections waiting to join.
 
 use std::time::Duration;
 
@@ -17,14 +18,6 @@ use tungstenite::handshake::derive_accept_key;
 pub const WS_PATH: &str = "/ws";
 /// Largest handshake request accepted.
 pub const MAX_REQUEST_BYTES: usize = 8 * 1024;
-
-/// Whether the server can take a new session right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Admission {
-    Open,
-    Full,
-    Draining,
-}
 
 /// The outcome of a complete request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +56,17 @@ fn has_token(req: &httparse::Request<'_, '_>, name: &str, token: &str) -> bool {
     header(req, name).flat_map(|v| v.split(',')).any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The `503` for a connection turned away before its request was read: `reason`, retry in a
+/// second.
+pub fn shed_response(reason: &str) -> Vec<u8> {
+    let body = format!("{reason}\n");
+    match reject(503, "Service Unavailable", "Retry-After: 1\r\n", &body) {
+        Decision::Reject { response, .. } | Decision::Accept { response, .. } => response,
+    }
+}
+
 /// Decide what to answer to the request in `buf` (which may be incomplete).
-pub fn decide(buf: &[u8], admission: Admission) -> Parsed {
+pub fn decide(buf: &[u8], draining: bool) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
@@ -76,10 +78,10 @@ pub fn decide(buf: &[u8], admission: Admission) -> Parsed {
             return Parsed::Complete { len: buf.len(), decision: reject(400, "Bad Request", "", &body) };
         }
     };
-    Parsed::Complete { len, decision: decide_request(&req, admission) }
+    Parsed::Complete { len, decision: decide_request(&req, draining) }
 }
 
-fn decide_request(req: &httparse::Request<'_, '_>, admission: Admission) -> Decision {
+fn decide_request(req: &httparse::Request<'_, '_>, draining: bool) -> Decision {
     let path = req.path.unwrap_or("");
     if path.split('?').next() != Some(WS_PATH) {
         return reject(404, "Not Found", "", "the WebSocket endpoint is /ws\n");
@@ -112,12 +114,8 @@ fn decide_request(req: &httparse::Request<'_, '_>, admission: Admission) -> Deci
         };
         return reject(400, "Bad Request", "", &body);
     };
-    match admission {
-        Admission::Open => {}
-        Admission::Full => return reject(503, "Service Unavailable", "Retry-After: 5\r\n", "server full\n"),
-        Admission::Draining => {
-            return reject(503, "Service Unavailable", "Retry-After: 5\r\n", "server draining\n");
-        }
+    if draining {
+        return reject(503, "Service Unavailable", "Retry-After: 5\r\n", "server draining\n");
     }
     let response = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
@@ -152,15 +150,13 @@ pub struct Accepted {
 /// Run the handshake on a fresh connection.
 pub async fn accept(
     stream: &mut TcpStream,
-    admission: impl Fn() -> Admission,
+    draining: impl Fn() -> bool,
     timeout: Duration,
 ) -> Result<Accepted, HandshakeError> {
-    tokio::time::timeout(timeout, accept_inner(stream, admission))
-        .await
-        .map_err(|_| HandshakeError::Timeout(timeout))?
+    tokio::time::timeout(timeout, accept_inner(stream, draining)).await.map_err(|_| HandshakeError::Timeout(timeout))?
 }
 
-async fn accept_inner(stream: &mut TcpStream, admission: impl Fn() -> Admission) -> Result<Accepted, HandshakeError> {
+async fn accept_inner(stream: &mut TcpStream, draining: impl Fn() -> bool) -> Result<Accepted, HandshakeError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -169,7 +165,7 @@ async fn accept_inner(stream: &mut TcpStream, admission: impl Fn() -> Admission)
             return Err(HandshakeError::Eof);
         }
         buf.extend_from_slice(&chunk[..n]);
-        match decide(&buf, admission()) {
+        match decide(&buf, draining()) {
             Parsed::Partial if buf.len() >= MAX_REQUEST_BYTES => {
                 if let Decision::Reject { response, .. } =
                     reject(431, "Request Header Fields Too Large", "", "handshake request too large\n")
@@ -206,8 +202,8 @@ mod tests {
         )
     }
 
-    fn decision(req: &str, admission: Admission) -> Decision {
-        match decide(req.as_bytes(), admission) {
+    fn decision(req: &str, draining: bool) -> Decision {
+        match decide(req.as_bytes(), draining) {
             Parsed::Complete { decision, .. } => decision,
             Parsed::Partial => panic!("partial"),
         }
@@ -222,47 +218,50 @@ mod tests {
 
     #[test]
     fn accepts_a_supported_subprotocol() {
-        let d = decision(&request("Sec-WebSocket-Protocol: chat, arena.v1.json\r\n"), Admission::Open);
+        let d = decision(&request("Sec-WebSocket-Protocol: chat, arena.v1.json\r\n"), false);
         let Decision::Accept { enc, response } = d else { panic!("{d:?}") };
         assert_eq!(enc, Encoding::Json);
         let text = String::from_utf8(response).unwrap();
         // The RFC 6455 example key and its accept value.
         assert!(text.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"), "{text}");
         assert!(text.contains("Sec-WebSocket-Protocol: arena.v1.json\r\n"));
-        let d = decision(&request("Sec-WebSocket-Protocol: arena.v1.msgpack\r\n"), Admission::Open);
+        let d = decision(&request("Sec-WebSocket-Protocol: arena.v1.msgpack\r\n"), false);
         assert!(matches!(d, Decision::Accept { enc: Encoding::MsgPack, .. }));
     }
 
     #[test]
     fn refuses_with_a_clear_http_error() {
-        let missing = decision(&request(""), Admission::Open);
+        let missing = decision(&request(""), false);
         assert_eq!(status(&missing), 400);
         let Decision::Reject { response, .. } = &missing else { unreachable!() };
         assert!(String::from_utf8_lossy(response).contains("missing Sec-WebSocket-Protocol"));
-        let unknown = decision(&request("Sec-WebSocket-Protocol: arena.v2.json\r\n"), Admission::Open);
+        let unknown = decision(&request("Sec-WebSocket-Protocol: arena.v2.json\r\n"), false);
         let Decision::Reject { response, .. } = &unknown else { panic!() };
         assert!(String::from_utf8_lossy(response).contains("unsupported subprotocol \"arena.v2.json\""));
         let proto = "Sec-WebSocket-Protocol: arena.v1.json\r\n";
-        assert_eq!(status(&decision(&request(proto).replace("/ws", "/x"), Admission::Open)), 404);
-        assert_eq!(status(&decision(&request(proto).replace("GET", "POST"), Admission::Open)), 405);
-        assert_eq!(
-            status(&decision(&request(proto).replace("Upgrade: websocket", "Upgrade: h2c"), Admission::Open)),
-            426
-        );
-        assert_eq!(status(&decision(&request(proto).replace("Version: 13", "Version: 8"), Admission::Open)), 426);
-        assert_eq!(status(&decision(&request(proto).replace("dGhlIHNhbXBsZSBub25jZQ==", "abc"), Admission::Open)), 400);
-        assert_eq!(status(&decision(&request(proto), Admission::Full)), 503);
-        assert_eq!(status(&decision(&request(proto), Admission::Draining)), 503);
-        assert_eq!(status(&decision("\x16\x03\x01garbage\r\n\r\n", Admission::Open)), 400);
+        assert_eq!(status(&decision(&request(proto).replace("/ws", "/x"), false)), 404);
+        assert_eq!(status(&decision(&request(proto).replace("GET", "POST"), false)), 405);
+        assert_eq!(status(&decision(&request(proto).replace("Upgrade: websocket", "Upgrade: h2c"), false)), 426);
+        assert_eq!(status(&decision(&request(proto).replace("Version: 13", "Version: 8"), false)), 426);
+        assert_eq!(status(&decision(&request(proto).replace("dGhlIHNhbXBsZSBub25jZQ==", "abc"), false)), 400);
+        assert_eq!(status(&decision(&request(proto), true)), 503);
+        assert_eq!(status(&decision("\x16\x03\x01garbage\r\n\r\n", false)), 400);
+    }
+
+    #[test]
+    fn shedding_answers_503_with_retry_advice() {
+        let text = String::from_utf8(shed_response("busy")).unwrap();
+        assert!(text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{text}");
+        assert!(text.contains("Retry-After: 1\r\n") && text.ends_with("\r\n\r\nbusy\n"), "{text}");
     }
 
     #[test]
     fn partial_requests_wait_and_leftovers_are_kept() {
         let req = request("Sec-WebSocket-Protocol: arena.v1.json\r\n");
-        assert_eq!(decide(&req.as_bytes()[..20], Admission::Open), Parsed::Partial);
+        assert_eq!(decide(&req.as_bytes()[..20], false), Parsed::Partial);
         let mut with_frame = req.clone().into_bytes();
         with_frame.extend_from_slice(b"\x81\x80");
-        match decide(&with_frame, Admission::Open) {
+        match decide(&with_frame, false) {
             Parsed::Complete { len, .. } => assert_eq!(len, req.len()),
             Parsed::Partial => panic!("partial"),
         }

@@ -1,4 +1,6 @@
-//! The WebSocket listener: a deep accept backlog for connect storms, one task per connection.
+//! The WebSocket listener: a deep accept backlog for connect storms, a connection permit taken
+//! before each `accept` (past the cap, connections wait in the backlog), one task per connection
+//! in a tracker the drain waits on.
 
 use std::io;
 use std::net::SocketAddr;
@@ -6,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::host::Host;
-use crate::ws::connection;
+use crate::ws::reader;
 
 /// Bind `addr` with a listen backlog of `backlog` (tokio's default is 128, which drops
 /// connections when thousands of bots connect at once).
@@ -20,20 +23,24 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
-/// Accept connections until `stop` turns true.
-pub async fn accept_loop(listener: TcpListener, host: Arc<Host>, mut stop: watch::Receiver<bool>) {
+/// Accept connections until `stop` is cancelled; each connection's task is tracked by
+/// `connections` and told to close by `drain`.
+pub async fn accept_loop(
+    listener: TcpListener,
+    host: Arc<Host>,
+    stop: CancellationToken,
+    drain: CancellationToken,
+    connections: TaskTracker,
+) {
     loop {
+        let permit = tokio::select! {
+            p = host.admission().connection_permit() => p,
+            () = stop.cancelled() => return,
+        };
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // Unjoined connections hold slots for up to the handshake and join timeouts:
-                    // one address may not take them all.
-                    if !host.unjoined_opened(peer.ip()) {
-                        drop(stream);
-                        continue;
-                    }
-                    let id = host.connection_opened();
-                    tokio::spawn(connection::serve(stream, Arc::clone(&host), id, peer.ip()));
+                    connections.spawn(reader::serve(stream, peer, Arc::clone(&host), permit, drain.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors or a transient failure: back off, keep serving.
@@ -41,7 +48,7 @@ pub async fn accept_loop(listener: TcpListener, host: Arc<Host>, mut stop: watch
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            () = crate::server::until_true(&mut stop) => return,
+            () = stop.cancelled() => return,
         }
     }
 }

@@ -1,7 +1,10 @@
-//! The WebSocket transport: handshake, per-connection reader tasks, and direct socket writes.
+//! The WebSocket transport: the listener, the handshake, each connection's task (`reader`:
+//! frames in, flushing out), its socket and outbound queue (`writer`), and frames both ways
+//! (`inbound` decodes the client's, `frame` builds the server's).
 
-pub mod conn;
-pub mod connection;
 pub mod frame;
 pub mod handshake;
+pub mod inbound;
 pub mod listener;
+pub mod reader;
+pub mod writer;

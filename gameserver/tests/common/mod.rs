@@ -1,13 +1,12 @@
 //! A gameserver on free loopback ports, and helpers to talk to it.
 #![allow(dead_code)]
 
-pub mod db;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arena_gameserver::host::Host;
+use arena_gameserver::load::LoadConfig;
 use arena_gameserver::{Server, ServerConfig};
 use arena_sdk::Encoding;
 use arena_sdk::client::{Client, ClientError};
@@ -22,18 +21,24 @@ pub struct TestServer {
     pub ws_url: String,
     pub ws_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The QUIC endpoint and its certificate's SHA-256 (hex), when the config serves QUIC.
+    pub quic: Option<(SocketAddr, String)>,
     pub host: Arc<Host>,
     shutdown: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<std::io::Result<()>>>,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// A config for tests: loopback, free ports.
+/// A config for tests: loopback, free ports, and the machine's CPU not watched (the suite runs
+/// tests side by side on a small machine, busy by design: a server watching it would refuse
+/// bots; `load.rs` tests that signal exactly).
 pub fn config() -> ServerConfig {
+    let defaults = ServerConfig::default();
     ServerConfig {
         ws_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         server_id: "gs-test".into(),
-        ..ServerConfig::default()
+        load: LoadConfig { machine_target: 0.0, ..defaults.load },
+        ..defaults
     }
 }
 
@@ -42,6 +47,7 @@ impl TestServer {
         let server = Server::bind(cfg).await.expect("bind");
         let ws_addr = server.ws_addr().unwrap();
         let http_addr = server.http_addr().unwrap();
+        let quic = server.quic_addr().zip(server.quic_cert_sha256().map(str::to_owned));
         let host = Arc::clone(server.host());
         let (tx, rx) = oneshot::channel::<()>();
         let handle = server.spawn(async move {
@@ -51,6 +57,7 @@ impl TestServer {
             ws_url: format!("ws://{ws_addr}/ws"),
             ws_addr,
             http_addr,
+            quic,
             host,
             shutdown: Some(tx),
             handle: Some(handle),
@@ -114,8 +121,17 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// Receive until `pred` holds for a message (applied to the mirror on the way), or fail after `WAIT`.
-pub async fn recv_until(c: &mut Client, mut pred: impl FnMut(&ServerMsg, &Client) -> bool) -> ServerMsg {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn recv_until(c: &mut Client, pred: impl FnMut(&ServerMsg, &Client) -> bool) -> ServerMsg {
+    recv_until_within(c, WAIT, pred).await
+}
+
+/// [`recv_until`], waiting at most `limit`.
+pub async fn recv_until_within(
+    c: &mut Client,
+    limit: Duration,
+    mut pred: impl FnMut(&ServerMsg, &Client) -> bool,
+) -> ServerMsg {
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let r = c.recv_timeout(left).await.unwrap_or_else(|e| panic!("waiting for a message: {e}"));

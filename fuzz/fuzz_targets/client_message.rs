@@ -1,0 +1,4 @@
+#![no_main]
+//! See `arena_gameserver::fuzzing::client_message`.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| arena_gameserver::fuzzing::client_message(data));
