@@ -73,7 +73,7 @@ async fn main() {
                     let hb = Heartbeat {
                         server_id: format!("bench-gs-{i}"),
                         region: "bench".into(),
-                        endpoints: Endpoints { ws: format!("ws://127.0.0.1:{}/ws", 20_000 + i) },
+                        endpoints: Endpoints::websocket(format!("ws://127.0.0.1:{}/ws", 20_000 + i)),
                         state: ServerState::Ready,
                         max_worlds: 1_000,
                         world_capacity: 30,

@@ -303,6 +303,7 @@ async fn servers<R: Registry>(
                 server_id: s.view.id.clone(),
                 region: s.view.region.clone(),
                 ws: s.view.ws.clone(),
+                quic: s.view.quic.clone(),
                 state: s.view.state,
                 alive: s.view.alive(l),
                 last_seen_ms_ago: l.now_ms.saturating_sub(s.view.last_seen_ms),

@@ -191,6 +191,8 @@ mod tests {
             id: id.into(),
             region: region.into(),
             ws: format!("ws://{id}"),
+            quic: None,
+            quic_cert_sha256: None,
             state: ServerState::Ready,
             max_worlds,
             world_capacity: 30,

@@ -310,16 +310,16 @@ impl<R: Registry> Allocator<R> {
             };
             match outcome {
                 Reserved::Ok { fence, used } => {
-                    let (ws, region) = self.confirm(&world, &server, fence, Some(used));
-                    return self.grant(req, world, server, region, ws, fence, id, false);
+                    let (endpoints, region) = self.confirm(&world, &server, fence, Some(used));
+                    return self.grant(req, world, server, region, endpoints, fence, id, false);
                 }
                 Reserved::Held { world: held, server: at, fence } => {
                     if !holds {
                         self.index.lock().index.forget_pending_seat(&world);
                     }
-                    let (ws, region) = self.confirm(&held, &at, fence, None);
+                    let (endpoints, region) = self.confirm(&held, &at, fence, None);
                     self.metrics.held_seats.inc();
-                    return self.grant(req, held, at, region, ws, fence, new_nonce(), true);
+                    return self.grant(req, held, at, region, endpoints, fence, new_nonce(), true);
                 }
                 Reserved::Conflict(c) => {
                     Metrics::count(&self.metrics.conflicts, "kind", conflict_name(&c));
@@ -376,7 +376,7 @@ impl<R: Registry> Allocator<R> {
     }
 
     /// Note a reservation (or a held seat) in the index; the server's endpoint and region.
-    fn confirm(&self, world: &str, server: &str, fence: u64, used: Option<u32>) -> (String, String) {
+    fn confirm(&self, world: &str, server: &str, fence: u64, used: Option<u32>) -> (Endpoints, String) {
         let mut guard = self.index.lock();
         let ix = &mut guard.index;
         match used {
@@ -387,7 +387,9 @@ impl<R: Registry> Allocator<R> {
                 }
             }
         }
-        ix.server(server).map(|s| (s.view.ws.clone(), s.view.region.clone())).unwrap_or_default()
+        ix.server(server)
+            .map(|s| (s.view.endpoints(), s.view.region.clone()))
+            .unwrap_or_else(|| (Endpoints::websocket(String::new()), String::new()))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -397,7 +399,7 @@ impl<R: Registry> Allocator<R> {
         world: String,
         server: String,
         region: String,
-        ws: String,
+        endpoints: Endpoints,
         fence: u64,
         id: String,
         existing: bool,
@@ -413,7 +415,7 @@ impl<R: Registry> Allocator<R> {
             world_id: world,
             region,
             server_id: server,
-            endpoints: Endpoints { ws },
+            endpoints,
             ticket,
             expires_at: claims.exp,
             fence,

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use arena_sdk::allocator_api::{Heartbeat, ServerLoad, ServerState};
+use arena_sdk::allocator_api::{Endpoints, Heartbeat, ServerLoad, ServerState};
 use serde::{Deserialize, Serialize};
 
 /// Whether servers are alive, on the registry's clock.
@@ -32,6 +32,10 @@ pub struct ServerView {
     pub id: String,
     pub region: String,
     pub ws: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic_cert_sha256: Option<String>,
     pub state: ServerState,
     pub max_worlds: u32,
     pub world_capacity: u32,
@@ -51,6 +55,8 @@ impl ServerView {
             id: hb.server_id.clone(),
             region: hb.region.clone(),
             ws: hb.endpoints.ws.clone(),
+            quic: hb.endpoints.quic.clone(),
+            quic_cert_sha256: hb.endpoints.quic_cert_sha256.clone(),
             state: hb.state,
             max_worlds: hb.max_worlds,
             world_capacity: hb.world_capacity,
@@ -58,6 +64,11 @@ impl ServerView {
             load: hb.load,
             version: hb.version.clone(),
         }
+    }
+
+    /// Where bots connect to it.
+    pub fn endpoints(&self) -> Endpoints {
+        Endpoints { ws: self.ws.clone(), quic: self.quic.clone(), quic_cert_sha256: self.quic_cert_sha256.clone() }
     }
 
     /// Heard from within the timeout (counting from a blackout's end at the earliest).
@@ -337,6 +348,8 @@ mod tests {
             id: id.into(),
             region: region.into(),
             ws: format!("ws://{id}/ws"),
+            quic: None,
+            quic_cert_sha256: None,
             state: ServerState::Ready,
             max_worlds,
             world_capacity: 30,

@@ -16,7 +16,7 @@ async fn with_server(limits: LimitConfig) -> (LocalAllocator, reqwest::Client) {
         .heartbeat(&Heartbeat {
             server_id: "gs-1".into(),
             region: "us-west-2".into(),
-            endpoints: Endpoints { ws: "ws://127.0.0.1:1/ws".into() },
+            endpoints: Endpoints::websocket("ws://127.0.0.1:1/ws"),
             state: ServerState::Ready,
             max_worlds: 10,
             world_capacity: 30,

@@ -157,3 +157,42 @@ async fn two_allocators_on_redis_race_for_the_last_seats() {
 
     clear_redis(&url, &prefix).await;
 }
+
+#[tokio::test]
+async fn an_allocation_names_the_quic_endpoint_and_its_certificate_and_a_quic_bot_joins_with_them() {
+    let alloc = allocator(AllocatorOpts::default()).await;
+    let base = alloc.url.clone();
+    let quic = GameserverOpts {
+        extra: vec!["--quic-addr".into(), "127.0.0.1:0".into()],
+        ..server("gs-quic", &base, "quic-region", 2, 4)
+    };
+    let gs = gameserver(quic).await;
+    let _plain = gameserver(server("gs-plain", &base, "ws-region", 2, 4)).await;
+    let (quic_addr, cert_sha256) = gs.quic.clone().expect("the server serves QUIC");
+    let client = reqwest::Client::new();
+    wait_json(&client, &format!("{base}/v1/servers"), "both servers, one with QUIC", |v| {
+        v.as_array()
+            .is_some_and(|s| s.len() == 2 && s.iter().any(|x| x["quic"] == format!("quic://{quic_addr}").as_str()))
+    })
+    .await;
+
+    let (status, v) = allocate(&client, &base, json!({"bot_id": "quic-bot", "regions": ["quic-region"]})).await;
+    assert_eq!(status, 200, "{v}");
+    let endpoints: arena_sdk::allocator_api::Endpoints = serde_json::from_value(v["endpoints"].clone()).unwrap();
+    assert_eq!(endpoints.quic.as_deref(), Some(format!("quic://{quic_addr}").as_str()));
+    assert_eq!(endpoints.quic_cert_sha256.as_deref(), Some(cert_sha256.as_str()), "the certificate made at start");
+    let (host, port) = endpoints.quic_host_port().expect("host and port");
+    let addr = std::net::SocketAddr::new(host.parse().unwrap(), port);
+    let trust = arena_sdk::quic::Trust::pinned_hex(endpoints.quic_cert_sha256.as_deref().unwrap()).unwrap();
+    let mut bot = arena_sdk::quic::QuicClient::connect(addr, "localhost", Encoding::MsgPack, &trust).await.unwrap();
+    let world = v["world_id"].as_str().unwrap();
+    let welcome = bot.join(v["ticket"].as_str().unwrap(), Some(world)).await.expect("join over QUIC");
+    assert_eq!(welcome.world, world);
+
+    // A server without QUIC: the answer an old client knows, no QUIC fields at all.
+    let (status, v) = allocate(&client, &base, json!({"bot_id": "ws-bot", "regions": ["ws-region"]})).await;
+    assert_eq!(status, 200, "{v}");
+    let keys: Vec<&String> = v["endpoints"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["ws"], "{v}");
+    join(&v).await;
+}

@@ -64,7 +64,7 @@ fn hb(server: &str, max_worlds: u32, worlds: Vec<WorldReport>) -> Heartbeat {
     Heartbeat {
         server_id: server.into(),
         region: "us".into(),
-        endpoints: Endpoints { ws: format!("ws://{server}/ws") },
+        endpoints: Endpoints::websocket(format!("ws://{server}/ws")),
         state: ServerState::Ready,
         max_worlds,
         world_capacity: 3,

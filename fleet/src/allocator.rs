@@ -54,7 +54,7 @@ impl AllocatorLink {
         let hb = Heartbeat {
             server_id: id.to_owned(),
             region: region.to_owned(),
-            endpoints: Endpoints { ws: ws_url.to_owned() },
+            endpoints: Endpoints::websocket(ws_url.to_owned()),
             state: ServerState::Draining,
             max_worlds: template.max_worlds,
             world_capacity: template.world_capacity,

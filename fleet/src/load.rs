@@ -96,6 +96,7 @@ pub(crate) mod tests {
             server_id: id.into(),
             region: "r".into(),
             ws: format!("ws://{id}/ws"),
+            quic: None,
             state: ServerState::Ready,
             alive: true,
             last_seen_ms_ago: 100,

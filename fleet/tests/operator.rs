@@ -360,6 +360,7 @@ impl Harness {
             server_id: name.into(),
             region: "eu-central-1".into(),
             ws: "ws://10.1.0.9:7000/ws".into(),
+            quic: None,
             state: ServerState::Ready,
             alive: true,
             last_seen_ms_ago: 100,

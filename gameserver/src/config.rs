@@ -58,6 +58,9 @@ pub struct AllocatorLink {
     pub region: String,
     /// The WebSocket URL bots should use; default `ws://<ws-addr>/ws`.
     pub public_ws_url: Option<String>,
+    /// The QUIC endpoint bots should use (`quic://host:port`); default `quic://<quic-addr>`
+    /// when QUIC is served.
+    pub public_quic_url: Option<String>,
     /// Bearer key for `POST /v1/servers/heartbeat`.
     pub server_key: String,
     /// How often to report.

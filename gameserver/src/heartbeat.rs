@@ -22,14 +22,14 @@ use crate::placement;
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The heartbeat this server would send now, carrying `worlds`.
-pub fn heartbeat(host: &Host, link: &AllocatorLink, ws_url: &str, worlds: Vec<WorldReport>) -> Heartbeat {
+pub fn heartbeat(host: &Host, link: &AllocatorLink, endpoints: &Endpoints, worlds: Vec<WorldReport>) -> Heartbeat {
     let cfg = host.config();
     let load = host.load();
     let bots = host.metrics().connected_bots.get().max(0) as u32;
     Heartbeat {
         server_id: cfg.server_id.clone(),
         region: link.region.clone(),
-        endpoints: Endpoints { ws: ws_url.to_owned() },
+        endpoints: endpoints.clone(),
         state: if host.lifecycle() == Lifecycle::Ready { ServerState::Ready } else { ServerState::Draining },
         max_worlds: cfg.max_worlds as u32,
         world_capacity: cfg.world.capacity as u32,
@@ -98,7 +98,13 @@ pub struct DrainSignal {
 }
 
 /// Report every `link.every` until `stop`; report at once when the drain starts.
-pub async fn run(host: Arc<Host>, link: AllocatorLink, ws_url: String, stop: CancellationToken, drain: DrainSignal) {
+pub async fn run(
+    host: Arc<Host>,
+    link: AllocatorLink,
+    endpoints: Endpoints,
+    stop: CancellationToken,
+    drain: DrainSignal,
+) {
     let Some(client) = client() else {
         // Without heartbeats there is no lease: the server serves nothing. Keep the task (and
         // the reason in the log) until shutdown.
@@ -118,7 +124,7 @@ pub async fn run(host: Arc<Host>, link: AllocatorLink, ws_url: String, stop: Can
         }
         let sent_at = host.now();
         let (reports, receipts) = placement::reports(host.worlds(), sent_at);
-        let hb = heartbeat(&host, &link, &ws_url, reports);
+        let hb = heartbeat(&host, &link, &endpoints, reports);
         match post(&client, &link, &mut current, &hb).await {
             Ok(reply) => {
                 if failures > 0 {
@@ -162,9 +168,9 @@ pub fn apply(host: &Host, sent_at: Duration, reply: &HeartbeatReply) {
 
 /// Tell the allocator this server is gone: draining, holding no world, so its worlds can be
 /// placed elsewhere at once (their final snapshots are written by now).
-pub async fn send_farewell(host: &Host, link: &AllocatorLink, ws_url: &str) {
+pub async fn send_farewell(host: &Host, link: &AllocatorLink, endpoints: &Endpoints) {
     let Some(client) = client() else { return };
-    let hb = Heartbeat { state: ServerState::Draining, ..heartbeat(host, link, ws_url, Vec::new()) };
+    let hb = Heartbeat { state: ServerState::Draining, ..heartbeat(host, link, endpoints, Vec::new()) };
     let mut current = 0;
     if let Err(e) = post(&client, link, &mut current, &hb).await {
         tracing::warn!(error = %e, "could not tell the allocator this server is gone");

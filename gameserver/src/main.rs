@@ -119,6 +119,10 @@ struct ServeArgs {
     /// WebSocket URL bots should be sent to (default: ws://<ws-addr>/ws).
     #[arg(long, env = "ARENA_PUBLIC_WS_URL")]
     public_ws_url: Option<String>,
+    /// QUIC endpoint bots should be sent to, quic://host:port (default: quic://<quic-addr>
+    /// when --quic-addr is given).
+    #[arg(long, env = "ARENA_PUBLIC_QUIC_URL", requires = "quic_addr")]
+    public_quic_url: Option<String>,
     /// Seconds between heartbeats.
     #[arg(long, env = "ARENA_HEARTBEAT_SECS", default_value_t = d::HEARTBEAT_SECS)]
     heartbeat_secs: f64,
@@ -300,6 +304,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             urls: args.allocator_url.clone(),
             region: args.region.clone(),
             public_ws_url: args.public_ws_url.clone(),
+            public_quic_url: args.public_quic_url.clone(),
             server_key: std::env::var("ARENA_SERVER_KEY").unwrap_or_else(|_| {
                 tracing::warn!("ARENA_SERVER_KEY is not set: reporting with the development key");
                 "arena-dev-key".to_owned()

@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use arena_sdk::allocator_api::Endpoints;
 use arena_service::supervisor::Supervisor;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -124,6 +125,15 @@ impl Server {
             .as_ref()
             .and_then(|l| l.public_ws_url.clone())
             .unwrap_or_else(|| format!("ws://{ws_addr}/ws"));
+        let endpoints = Endpoints {
+            ws: ws_url.clone(),
+            quic: quic_addr.map(|a| {
+                cfg.allocator.as_ref().and_then(|l| l.public_quic_url.clone()).unwrap_or_else(|| format!("quic://{a}"))
+            }),
+            // Published only for a certificate made at start: a configured one is verified by
+            // its chain.
+            quic_cert_sha256: quic_cert_sha256.clone().filter(|_| cfg.quic.as_ref().is_some_and(|q| q.cert.is_none())),
+        };
 
         // Stop signals, in the order the drain uses them.
         let tell_drain = CancellationToken::new();
@@ -158,9 +168,9 @@ impl Server {
             });
         }
         if let Some(link) = cfg.allocator.clone() {
-            tracing::info!(allocators = ?link.urls, region = %link.region, %ws_url, "reporting to the allocator");
+            tracing::info!(allocators = ?link.urls, region = %link.region, %ws_url, quic = ?endpoints.quic, "reporting to the allocator");
             let drain = crate::heartbeat::DrainSignal { tell: tell_drain.clone(), told: drain_told.clone() };
-            let task = crate::heartbeat::run(Arc::clone(&host), link, ws_url.clone(), ticks_stop.clone(), drain);
+            let task = crate::heartbeat::run(Arc::clone(&host), link, endpoints.clone(), ticks_stop.clone(), drain);
             world_tasks.push(sup.spawn_critical("heartbeat", &ticks_stop, task));
         }
         let accept = sup.spawn_critical(
@@ -295,7 +305,7 @@ impl Server {
             }
             // Let the allocator place the worlds elsewhere at once only when their state is saved.
             if let Some(link) = cfg.allocator.as_ref().filter(|_| all_saved) {
-                crate::heartbeat::send_farewell(&host, link, &ws_url).await;
+                crate::heartbeat::send_farewell(&host, link, &endpoints).await;
             }
             http_stop.cancel();
             sup.stop(Duration::from_secs(5)).await;

@@ -13,6 +13,7 @@ use arena_sdk::rng::SplitMix64;
 use tokio::time::Instant;
 
 use crate::engine::{Player, Seat};
+use crate::quicplay::{QuicClients, QuicPlayer};
 use crate::stats::{JoinTimes, Stats};
 use crate::target::Target;
 use crate::wsclient::{OP_BINARY, OP_TEXT, WsConn, WsError};
@@ -40,6 +41,26 @@ pub struct Swarm {
     pub target: Target,
     pub behaviour: Behaviour,
     pub stats: Arc<Stats>,
+    /// Bots play over QUIC through these; over WebSocket without.
+    pub quic: Option<QuicClients>,
+}
+
+/// A seated bot, on either transport.
+#[derive(Debug)]
+pub enum Seated {
+    /// For a play engine (`engine.rs`).
+    Ws(Player),
+    /// For its own task (`quicplay::play`).
+    Quic(QuicPlayer),
+}
+
+impl Seated {
+    pub fn seat(&self) -> &Seat {
+        match self {
+            Seated::Ws(p) => &p.seat,
+            Seated::Quic(p) => &p.seat,
+        }
+    }
 }
 
 /// The data frame opcode of an encoding.
@@ -86,7 +107,7 @@ async fn conn_send(conn: &mut WsConn, enc: Encoding, msg: &ClientMsg) -> Result<
 impl Swarm {
     /// Seat bot `idx` for the first time, at `start`. `None` when it gave up (errors counted) or
     /// the run stopped.
-    pub async fn join_bot(self: Arc<Self>, idx: usize, start: Instant, stop: Arc<AtomicBool>) -> Option<Player> {
+    pub async fn join_bot(self: Arc<Self>, idx: usize, start: Instant, stop: Arc<AtomicBool>) -> Option<Seated> {
         tokio::time::sleep_until(start).await;
         let rng = SplitMix64::new(0x9e37_79b9 ^ idx as u64);
         let player = self.seat_with_retries(idx, rng, 0, stop).await;
@@ -100,7 +121,7 @@ impl Swarm {
     /// "ask the allocator again"): allocate again at once. Its connection broke: resume its seat,
     /// or allocate again when the seat is gone. After a new allocation, the bot must have its
     /// own seat back (the same bot id): counted as kept or lost.
-    pub async fn rejoin(self: Arc<Self>, seat: Seat, why: &str, stop: Arc<AtomicBool>) -> Option<Player> {
+    pub async fn rejoin(self: Arc<Self>, seat: Seat, why: &str, stop: Arc<AtomicBool>) -> Option<Seated> {
         if stop.load(Ordering::Relaxed) {
             return None;
         }
@@ -116,7 +137,7 @@ impl Swarm {
         }
         let (bot, seq) = (seat.bot, seat.seq);
         let player = self.seat_with_retries(seat.idx, seat.rng, seq, stop).await?;
-        if player.seat.bot == bot {
+        if player.seat().bot == bot {
             self.stats.seats_kept.fetch_add(1, Ordering::Relaxed);
         } else {
             self.stats.seats_lost.fetch_add(1, Ordering::Relaxed);
@@ -127,7 +148,7 @@ impl Swarm {
     /// Seat a bot, retrying: errors with backoff (each counted), refusals — the documented
     /// answers of a full or overloaded fleet — after the second the fleet asks to wait, until a
     /// few of them in a row make the bot give up as refused (counted once, not as an error).
-    async fn seat_with_retries(&self, idx: usize, rng: SplitMix64, seq: u32, stop: Arc<AtomicBool>) -> Option<Player> {
+    async fn seat_with_retries(&self, idx: usize, rng: SplitMix64, seq: u32, stop: Arc<AtomicBool>) -> Option<Seated> {
         use backon::BackoffBuilder;
         let mut delays = backon::ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(200))
@@ -161,27 +182,42 @@ impl Swarm {
     }
 
     /// Get a ticket, connect, join; time each phase.
-    async fn join(&self, idx: usize, rng: SplitMix64, seq: u32) -> Result<Player, String> {
+    async fn join(&self, idx: usize, rng: SplitMix64, seq: u32) -> Result<Seated, String> {
         let b = &self.behaviour;
         let assignment = self.target.assign(idx).await.map_err(|e| format!("assign:{e}"))?;
-        let connect_start = Instant::now();
-        let mut conn = WsConn::connect(assignment.addr, &assignment.path, b.encoding.subprotocol(), b.connect_timeout)
-            .await
-            .map_err(|e| format!("connect:{}", error_kind(&e)))?;
-        let connected = Instant::now();
         let join = ClientMsg::Join { ticket: assignment.ticket, world: Some(assignment.world) };
-        conn_send(&mut conn, b.encoding, &join).await?;
-        let seat = Seat {
+        let mut seat = Seat {
             idx,
             bot: 0,
             addr: assignment.addr,
             path: assignment.path,
+            quic_pin: None,
             resume_token: String::new(),
             seq,
             tick: 0,
             rng,
         };
-        let player = self.welcome(conn, seat).await?;
+        let connect_start = Instant::now();
+        let (player, connected) = match &self.quic {
+            Some(clients) => {
+                let (addr, pin) = assignment.quic.ok_or("assign:no_quic_endpoint")?;
+                let mut conn =
+                    clients.connect(addr, &pin, b.connect_timeout).await.map_err(|e| format!("connect:{e}"))?;
+                let connected = Instant::now();
+                conn.send(b.encoding, &join).await.map_err(|e| format!("send:{e}"))?;
+                (seat.addr, seat.quic_pin) = (addr, Some(pin));
+                let deadline = Instant::now() + b.connect_timeout;
+                (Seated::Quic(conn.welcome(b.encoding, seat, deadline).await?), connected)
+            }
+            None => {
+                let mut conn = WsConn::connect(seat.addr, &seat.path, b.encoding.subprotocol(), b.connect_timeout)
+                    .await
+                    .map_err(|e| format!("connect:{}", error_kind(&e)))?;
+                let connected = Instant::now();
+                conn_send(&mut conn, b.encoding, &join).await?;
+                (Seated::Ws(self.welcome(conn, seat).await?), connected)
+            }
+        };
         self.stats.joined(JoinTimes {
             alloc: assignment.took,
             connect: connected - connect_start,
@@ -190,23 +226,36 @@ impl Swarm {
         Ok(player)
     }
 
-    async fn resume(&self, seat: &Seat) -> Result<Player, String> {
+    async fn resume(&self, seat: &Seat) -> Result<Seated, String> {
         let b = &self.behaviour;
-        let mut conn = WsConn::connect(seat.addr, &seat.path, b.encoding.subprotocol(), b.connect_timeout)
-            .await
-            .map_err(|e| format!("connect:{}", error_kind(&e)))?;
-        conn_send(&mut conn, b.encoding, &ClientMsg::Resume { token: seat.resume_token.clone() }).await?;
+        let resume = ClientMsg::Resume { token: seat.resume_token.clone() };
         let seat = Seat {
             idx: seat.idx,
             bot: seat.bot,
             addr: seat.addr,
             path: seat.path.clone(),
+            quic_pin: seat.quic_pin.clone(),
             resume_token: String::new(),
             seq: seat.seq,
             tick: 0,
             rng: seat.rng.clone(),
         };
-        self.welcome(conn, seat).await
+        match (&self.quic, &seat.quic_pin) {
+            (Some(clients), Some(pin)) => {
+                let mut conn =
+                    clients.connect(seat.addr, pin, b.connect_timeout).await.map_err(|e| format!("connect:{e}"))?;
+                conn.send(b.encoding, &resume).await.map_err(|e| format!("send:{e}"))?;
+                let deadline = Instant::now() + b.connect_timeout;
+                Ok(Seated::Quic(conn.welcome(b.encoding, seat, deadline).await?))
+            }
+            _ => {
+                let mut conn = WsConn::connect(seat.addr, &seat.path, b.encoding.subprotocol(), b.connect_timeout)
+                    .await
+                    .map_err(|e| format!("connect:{}", error_kind(&e)))?;
+                conn_send(&mut conn, b.encoding, &resume).await?;
+                Ok(Seated::Ws(self.welcome(conn, seat).await?))
+            }
+        }
     }
 
     /// Wait for the `welcome` (or the refusal), then hand over the connection.

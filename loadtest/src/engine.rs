@@ -37,8 +37,11 @@ pub struct Seat {
     pub idx: usize,
     /// The bot's id in its world (from its last `welcome`; 0 before the first).
     pub bot: u32,
+    /// Its server's WebSocket address and path, or (with `quic_pin`) its QUIC address.
     pub addr: SocketAddr,
     pub path: String,
+    /// The certificate SHA-256 (hex) of its server's QUIC endpoint, for a bot on QUIC.
+    pub quic_pin: Option<String>,
     pub resume_token: String,
     pub seq: u32,
     pub tick: u64,

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod local;
 pub mod peek;
 pub mod procstat;
+pub mod quicplay;
 pub mod report;
 pub mod stats;
 pub mod target;

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use arena_loadtest::bot::{Behaviour, Swarm};
-use arena_loadtest::engine;
+use arena_loadtest::bot::{Behaviour, Seated, Swarm};
+use arena_loadtest::engine::{self, EngineHandle, Lost};
 use arena_loadtest::local::{LocalProcess, sibling_binary, start_allocator, start_gameserver, wait_registered};
 use arena_loadtest::procstat::{ProcSample, sample};
+use arena_loadtest::quicplay::{self, QuicClients};
 use arena_loadtest::report::{Point, ProcReport, Report};
 use arena_loadtest::stats::{Percentiles, Stats};
-use arena_loadtest::target::{Direct, Target, ViaAllocator, parse_ws_url};
+use arena_loadtest::target::{Direct, DirectServer, Target, ViaAllocator, parse_ws_url};
 use arena_sdk::Encoding;
 use arena_sdk::ticket::TicketKey;
 use clap::{Parser, ValueEnum};
@@ -32,10 +33,21 @@ struct Cli {
     /// API key for the allocator.
     #[arg(long, env = "ARENA_API_KEY", default_value = "arena-dev-key")]
     api_key: String,
-    /// Gameserver WebSocket URL(s) to target directly, without an allocator (tickets minted with
-    /// ARENA_TICKET_KEY, or the development key). World w goes to the (w mod n)-th URL.
+    /// Gameserver URL(s) to target directly, without an allocator (tickets minted with
+    /// ARENA_TICKET_KEY, or the development key): ws://host:port/ws, or quic://host:port with
+    /// --transport quic. World w goes to the (w mod n)-th URL.
     #[arg(long = "gameserver", required_unless_present_any = ["local", "allocator"])]
     gameservers: Vec<String>,
+    /// Certificate SHA-256 (hex) of each quic:// --gameserver, in the same order.
+    #[arg(long = "quic-cert-sha256")]
+    quic_pins: Vec<String>,
+    /// What bots connect over. With --local, gameservers also serve QUIC; through an allocator,
+    /// bots use the QUIC endpoint and certificate hash of their allocation.
+    #[arg(long, value_enum, default_value_t = Transport::Ws)]
+    transport: Transport,
+    /// UDP sockets (client endpoints) the QUIC bots share.
+    #[arg(long, default_value_t = 4)]
+    quic_sockets: usize,
     /// Server ids matching --gameserver, to bind tickets to them.
     #[arg(long = "server-id")]
     server_ids: Vec<String>,
@@ -110,6 +122,12 @@ struct Cli {
     /// Milliseconds a play engine gathers socket events before handling them (0: as they come).
     #[arg(long, default_value_t = 1.0)]
     batch_ms: f64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    Ws,
+    Quic,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -202,8 +220,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         let worlds = cli.bots.div_ceil(cli.bots_per_world.max(1));
         let per_server = worlds.div_ceil(cli.servers.max(1)).max(1);
         for i in 0..cli.servers.max(1) {
-            let extra: Vec<String> =
+            let mut extra: Vec<String> =
                 cli.gameserver_args.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect();
+            if cli.transport == Transport::Quic {
+                extra.extend(["--quic-addr".into(), "127.0.0.1:0".into()]);
+            }
             let p = start_gameserver(&gs_bin, i, per_server, &log_dir, &url, &extra).await?;
             watched.push(Watched::new(p.name.clone(), p.pid));
             local.push(p);
@@ -216,8 +237,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     } else {
         let mut servers = Vec::new();
         for (i, url) in cli.gameservers.iter().enumerate() {
-            let (addr, path) = parse_ws_url(url).map_err(anyhow::Error::msg)?;
-            servers.push((addr, path, cli.server_ids.get(i).cloned()));
+            let id = cli.server_ids.get(i).cloned();
+            if url.starts_with("quic://") {
+                let addr = quicplay::parse_quic_url(url).map_err(anyhow::Error::msg)?;
+                let pin = cli.quic_pins.get(i).cloned().with_context(|| format!("{url}: no --quic-cert-sha256"))?;
+                servers.push(DirectServer { addr, path: String::new(), id, quic: Some((addr, pin)) });
+            } else {
+                let (addr, path) = parse_ws_url(url).map_err(anyhow::Error::msg)?;
+                servers.push(DirectServer { addr, path, id, quic: None });
+            }
         }
         Target::Direct(Direct { servers, key, bots_per_world: cli.bots_per_world })
     };
@@ -240,6 +268,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             refusal_attempts: 3,
         },
         stats: Arc::clone(&stats),
+        quic: match cli.transport {
+            Transport::Ws => None,
+            Transport::Quic => Some(QuicClients::new(cli.quic_sockets, encoding).context("QUIC client endpoints")?),
+        },
     });
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -256,18 +288,19 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     let mut joins = tokio::task::JoinSet::new();
     for i in 0..cli.bots {
         let start = t0 + Duration::from_secs_f64(i as f64 / cli.ramp_per_sec.max(0.001));
-        let (swarm, engines, stop, settled) =
-            (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop), Arc::clone(&settled));
+        let (swarm, engines, stop, settled, lost) =
+            (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop), Arc::clone(&settled), lost_tx.clone());
         joins.spawn(async move {
-            if let Some(p) = swarm.join_bot(i, start, stop).await {
-                engines[i % engines.len()].add(p);
+            if let Some(p) = Arc::clone(&swarm).join_bot(i, start, Arc::clone(&stop)).await {
+                play(&swarm, &engines, &lost, &stop, p);
             }
             settled.fetch_add(1, Ordering::Relaxed);
         });
     }
     // Lost connections come back here: resume, or join afresh, then play on.
     let rejoiner = {
-        let (swarm, engines, stop) = (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop));
+        let (swarm, engines, stop, lost) =
+            (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop), lost_tx.clone());
         tokio::spawn(async move {
             while let Some((seat, why)) = lost_rx.recv().await {
                 if stop.load(Ordering::Relaxed) {
@@ -279,11 +312,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                     swarm.stats.disconnects.fetch_add(1, Ordering::Relaxed);
                     swarm.stats.error(why.clone());
                 }
-                let (swarm, engines, stop) = (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop));
+                let (swarm, engines, stop, lost) =
+                    (Arc::clone(&swarm), Arc::clone(&engines), Arc::clone(&stop), lost.clone());
                 tokio::spawn(async move {
-                    let idx = seat.idx;
-                    if let Some(p) = swarm.rejoin(seat, &why, stop).await {
-                        engines[idx % engines.len()].add(p);
+                    if let Some(p) = Arc::clone(&swarm).rejoin(seat, &why, Arc::clone(&stop)).await {
+                        play(&swarm, &engines, &lost, &stop, p);
                     }
                 });
             }
@@ -397,6 +430,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     joins.abort_all();
     let leaving = Arc::clone(&engines);
     let _ = tokio::task::spawn_blocking(move || leaving.iter().for_each(engine::EngineHandle::join)).await;
+    if let Some(clients) = &swarm.quic {
+        // QUIC bots see the stop within a second and leave (close 1000); let the closes go out.
+        let left = Instant::now() + Duration::from_secs(3);
+        while stats.joined.load(Ordering::Relaxed) > 0 && Instant::now() < left {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        clients.wait_idle(Duration::from_secs(2)).await;
+    }
     rejoiner.abort();
     let run_time = Instant::now() - t0;
     // Gameservers drain first, then the allocator they report to.
@@ -411,6 +452,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         joined: stats.ever_joined.load(Ordering::Relaxed),
         joined_at_end,
         encoding: encoding.subprotocol().to_owned(),
+        transport: match cli.transport {
+            Transport::Ws => "ws".into(),
+            Transport::Quic => "quic".into(),
+        },
         inputs_per_bot_per_s: cli.inputs_per_sec,
         ramp_per_s: cli.ramp_per_sec,
         ramp_s: ramp.as_secs_f64(),
@@ -487,6 +532,22 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         std::fs::write(&path, report.svg()).with_context(|| path.display().to_string())?;
     }
     Ok(if report.slo_failures.is_empty() { 0 } else { 1 })
+}
+
+/// Hand a seated bot to its player: a play engine for WebSocket, its own task for QUIC.
+fn play(
+    swarm: &Arc<Swarm>,
+    engines: &Arc<Vec<EngineHandle>>,
+    lost: &tokio::sync::mpsc::UnboundedSender<Lost>,
+    stop: &Arc<AtomicBool>,
+    seated: Seated,
+) {
+    match seated {
+        Seated::Ws(p) => engines[p.seat.idx % engines.len()].add(p),
+        Seated::Quic(p) => {
+            tokio::spawn(quicplay::play(Arc::clone(swarm), p, lost.clone(), Arc::clone(stop)));
+        }
+    }
 }
 
 /// Seats the allocator counts beyond those the gameservers hold. Heartbeats carry the truth a

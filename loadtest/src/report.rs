@@ -54,6 +54,8 @@ pub struct Report {
     /// Bots still connected when the hold phase ended.
     pub joined_at_end: i64,
     pub encoding: String,
+    /// `ws` or `quic`.
+    pub transport: String,
     pub inputs_per_bot_per_s: f64,
     pub ramp_per_s: f64,
     pub ramp_s: f64,
@@ -114,11 +116,12 @@ impl Report {
         let mut o = String::new();
         let _ = writeln!(
             o,
-            "bots {} ({} joined, {} at end), {} encoding, {} inputs/bot/s, ramp {:.1} s at {}/s, hold {:.1} s",
+            "bots {} ({} joined, {} at end), {} over {}, {} inputs/bot/s, ramp {:.1} s at {}/s, hold {:.1} s",
             self.bots,
             self.joined,
             self.joined_at_end,
             self.encoding,
+            self.transport,
             self.inputs_per_bot_per_s,
             self.ramp_s,
             self.ramp_per_s,
@@ -255,6 +258,7 @@ mod tests {
             joined: 10,
             joined_at_end: 10,
             encoding: "msgpack".into(),
+            transport: "ws".into(),
             inputs_per_bot_per_s: 2.0,
             ramp_per_s: 100.0,
             ramp_s: 0.1,

@@ -9,19 +9,34 @@ use arena_sdk::ticket::{Grant, TicketKey, mint};
 /// A gameserver endpoint and a ticket for it.
 #[derive(Debug, Clone)]
 pub struct Assignment {
+    /// The WebSocket address and path.
     pub addr: SocketAddr,
     pub path: String,
+    /// The QUIC address and its certificate's SHA-256 (hex), when the server serves QUIC.
+    pub quic: Option<(SocketAddr, String)>,
     pub world: String,
     pub ticket: String,
     /// Time spent getting the ticket.
     pub took: Duration,
 }
 
+/// A gameserver addressed directly.
+#[derive(Debug, Clone)]
+pub struct DirectServer {
+    /// Its WebSocket address and path (unused for QUIC bots).
+    pub addr: SocketAddr,
+    pub path: String,
+    /// Its id, to bind tickets to it.
+    pub id: Option<String>,
+    /// Its QUIC address and certificate SHA-256 (hex), for QUIC bots.
+    pub quic: Option<(SocketAddr, String)>,
+}
+
 /// Gameservers addressed directly, with tickets minted here (the swarm holds the ticket key).
 #[derive(Debug, Clone)]
 pub struct Direct {
-    /// Servers and their ids; world `w` lives on server `w % servers.len()`.
-    pub servers: Vec<(SocketAddr, String, Option<String>)>,
+    /// World `w` lives on server `w % servers.len()`.
+    pub servers: Vec<DirectServer>,
     pub key: TicketKey,
     pub bots_per_world: usize,
 }
@@ -53,12 +68,19 @@ impl Target {
             Target::Direct(d) => {
                 let started = Instant::now();
                 let (w, world, bot) = names(idx, d.bots_per_world);
-                let (addr, path, server) = &d.servers[w % d.servers.len()];
+                let s = &d.servers[w % d.servers.len()];
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
                 let (ticket, _) =
-                    mint(&d.key, &Grant { server: server.as_deref(), ..Grant::new(&world, &bot) }, 300, now)
+                    mint(&d.key, &Grant { server: s.id.as_deref(), ..Grant::new(&world, &bot) }, 300, now)
                         .map_err(|e| format!("mint: {e}"))?;
-                Ok(Assignment { addr: *addr, path: path.clone(), world, ticket, took: started.elapsed() })
+                Ok(Assignment {
+                    addr: s.addr,
+                    path: s.path.clone(),
+                    quic: s.quic.clone(),
+                    world,
+                    ticket,
+                    took: started.elapsed(),
+                })
             }
             Target::Allocator(a) => {
                 let started = Instant::now();
@@ -80,7 +102,18 @@ impl Target {
                 }
                 let alloc: Allocation = resp.json().await.map_err(|_| "bad_answer".to_owned())?;
                 let (addr, path) = parse_ws_url(&alloc.endpoints.ws)?;
-                Ok(Assignment { addr, path, world: alloc.world_id, ticket: alloc.ticket, took: started.elapsed() })
+                let quic = match (&alloc.endpoints.quic, &alloc.endpoints.quic_cert_sha256) {
+                    (Some(url), Some(pin)) => Some((crate::quicplay::parse_quic_url(url)?, pin.clone())),
+                    _ => None,
+                };
+                Ok(Assignment {
+                    addr,
+                    path,
+                    quic,
+                    world: alloc.world_id,
+                    ticket: alloc.ticket,
+                    took: started.elapsed(),
+                })
             }
         }
     }
@@ -117,10 +150,16 @@ mod tests {
     async fn direct_mints_verifiable_tickets() {
         let key = TicketKey::development();
         let t = Target::Direct(Direct {
-            servers: vec![
-                ("127.0.0.1:1".parse().unwrap(), "/ws".into(), Some("a".into())),
-                ("127.0.0.1:2".parse().unwrap(), "/ws".into(), Some("b".into())),
-            ],
+            servers: ["a", "b"]
+                .iter()
+                .enumerate()
+                .map(|(i, id)| DirectServer {
+                    addr: SocketAddr::from(([127, 0, 0, 1], i as u16 + 1)),
+                    path: "/ws".into(),
+                    id: Some((*id).into()),
+                    quic: None,
+                })
+                .collect(),
             key: key.clone(),
             bots_per_world: 30,
         });

@@ -6,13 +6,17 @@
 use std::process::Command;
 
 fn run(extra: &[&str], report: &std::path::Path) -> std::process::Output {
+    run_with(extra, "--machine-cpu-target 0", report)
+}
+
+fn run_with(extra: &[&str], gameserver_args: &str, report: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_arena-loadtest"))
         .args(["--local", "--bots", "240", "--ramp-per-sec", "400", "--duration-secs", "4", "--quiet"])
         .arg("--report-json")
         .arg(report)
         // The suite runs tests side by side on a small machine, busy by design: a gameserver
         // watching the machine's CPU would refuse bots (as `testkit` and the fleet tests do).
-        .args(["--gameserver-args", "--machine-cpu-target 0"])
+        .args(["--gameserver-args", gameserver_args])
         .args(extra)
         .output()
         .expect("run arena-loadtest")
@@ -53,5 +57,27 @@ fn a_few_hundred_bots_play_and_the_report_says_so() {
     let strict = run(&["--max-p99-ms", "0.001"], &dir.join("strict.json"));
     assert_eq!(strict.status.code(), Some(1), "{}", String::from_utf8_lossy(&strict.stdout));
     assert!(String::from_utf8_lossy(&strict.stdout).contains("SLO FAILED"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_same_swarm_plays_over_quic_through_the_allocator() {
+    let dir = std::env::temp_dir().join(format!("arena-short-run-quic-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("report.json");
+    let out =
+        run(&["--transport", "quic", "--max-errors", "0", "--max-p99-ms", "500", "--max-join-p99-ms", "2000"], &report);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "arena-loadtest --transport quic failed ({}):\n{stdout}\n{stderr}", out.status);
+
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["transport"], "quic");
+    assert_eq!(r["joined"], 240, "{r}");
+    assert_eq!((r["errors"].as_u64(), r["disconnects"].as_u64()), (Some(0), Some(0)), "{}", r["errors_by_kind"]);
+    assert!(r["input_ack_ms"]["p50"].as_f64().is_some_and(|v| v > 0.0 && v < 60.0), "{}", r["input_ack_ms"]);
+    assert!(r["updates_per_s"].as_f64().unwrap() > 1000.0, "{}", r["updates_per_s"]);
+    // No seat is left reserved at the allocator that the gameserver does not hold.
+    assert_eq!(r["leaked_reservations"], 0, "{r}");
     let _ = std::fs::remove_dir_all(&dir);
 }

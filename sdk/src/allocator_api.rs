@@ -101,7 +101,52 @@ fn truncate(s: &str) -> String {
 /// Where to connect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoints {
+    /// The WebSocket URL (`ws://` or `wss://`).
     pub ws: String,
+    /// The QUIC endpoint, `quic://host:port`, when the server serves QUIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<String>,
+    /// SHA-256 of the QUIC certificate's DER (64 lowercase hex digits), when the server made its
+    /// own certificate at start: pin it instead of verifying a chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic_cert_sha256: Option<String>,
+}
+
+impl Endpoints {
+    /// Only a WebSocket URL.
+    pub fn websocket(ws: impl Into<String>) -> Self {
+        Endpoints { ws: ws.into(), quic: None, quic_cert_sha256: None }
+    }
+
+    /// The QUIC endpoint's host and port (`quic://host:port`), if there is one.
+    pub fn quic_host_port(&self) -> Option<(&str, u16)> {
+        let rest = self.quic.as_deref()?.strip_prefix("quic://")?;
+        let (host, port) = rest.rsplit_once(':')?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port = port.parse().ok()?;
+        (!host.is_empty() && port != 0).then_some((host, port))
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        let ws = &self.ws;
+        if ws.len() > 256 || !(ws.starts_with("ws://") || ws.starts_with("wss://")) {
+            return Err(field("endpoints.ws", "a ws:// or wss:// URL of at most 256 bytes"));
+        }
+        if let Some(q) = &self.quic
+            && (q.len() > 256 || self.quic_host_port().is_none())
+        {
+            return Err(field("endpoints.quic", "quic://host:port of at most 256 bytes"));
+        }
+        if let Some(h) = &self.quic_cert_sha256 {
+            if self.quic.is_none() {
+                return Err(field("endpoints.quic_cert_sha256", "given without endpoints.quic"));
+            }
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                return Err(field("endpoints.quic_cert_sha256", "64 lowercase hex digits"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `200` answer to `POST /v1/allocations`.
@@ -177,6 +222,9 @@ pub struct ServerSummary {
     pub server_id: String,
     pub region: String,
     pub ws: String,
+    /// Its QUIC endpoint, `quic://host:port`, if it serves QUIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quic: Option<String>,
     pub state: ServerState,
     /// Heard from within the server timeout.
     pub alive: bool,
@@ -277,10 +325,7 @@ impl Heartbeat {
         if !valid_id(&self.region) {
             return Err(field("region", "1 to 64 characters of A-Z a-z 0-9 _ . : -"));
         }
-        let ws = &self.endpoints.ws;
-        if ws.len() > 256 || !(ws.starts_with("ws://") || ws.starts_with("wss://")) {
-            return Err(field("endpoints.ws", "a ws:// or wss:// URL of at most 256 bytes"));
-        }
+        self.endpoints.validate()?;
         if self.max_worlds == 0 || self.max_worlds as usize > MAX_REPORTED_WORLDS {
             return Err(field("max_worlds", format!("1 to {MAX_REPORTED_WORLDS}")));
         }
@@ -376,6 +421,36 @@ mod tests {
     }
 
     #[test]
+    fn quic_endpoints_are_optional_and_checked() {
+        let ok = |e: &Endpoints| e.validate().map_err(|f| f.field);
+        let ws = Endpoints::websocket("ws://10.0.0.7:7000/ws");
+        assert_eq!(ok(&ws), Ok(()));
+        assert_eq!(
+            serde_json::to_string(&ws).unwrap(),
+            r#"{"ws":"ws://10.0.0.7:7000/ws"}"#,
+            "old clients see no change"
+        );
+        let hash = "ab".repeat(32);
+        let quic = |q: &str, h: Option<&str>| Endpoints {
+            quic: Some(q.to_owned()),
+            quic_cert_sha256: h.map(str::to_owned),
+            ..ws.clone()
+        };
+        assert_eq!(ok(&quic("quic://10.0.0.7:7443", Some(&hash))), Ok(()));
+        assert_eq!(quic("quic://[::1]:7443", None).quic_host_port(), Some(("::1", 7443)));
+        assert_eq!(quic("quic://gs-1.example:443", None).quic_host_port(), Some(("gs-1.example", 443)));
+        for bad in ["10.0.0.7:7443", "quic://10.0.0.7", "quic://:7443", "quic://h:0", "quic://h:99999", "https://h:1"] {
+            assert_eq!(ok(&quic(bad, None)), Err("endpoints.quic"), "{bad}");
+        }
+        assert_eq!(ok(&quic(&format!("quic://{}:1", "h".repeat(260)), None)), Err("endpoints.quic"));
+        for bad in ["AB".repeat(32), "ab".repeat(31), "zz".repeat(32)] {
+            assert_eq!(ok(&quic("quic://h:1", Some(&bad))), Err("endpoints.quic_cert_sha256"), "{bad}");
+        }
+        let hash_alone = Endpoints { quic_cert_sha256: Some(hash), ..ws };
+        assert_eq!(ok(&hash_alone), Err("endpoints.quic_cert_sha256"));
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let f = |r: AllocationRequest| r.validate().unwrap_err().field;
         assert_eq!(f(AllocationRequest { bot_id: "".into(), ..req() }), "bot_id");
@@ -400,7 +475,7 @@ mod tests {
         Heartbeat {
             server_id: "gs-1".into(),
             region: "us".into(),
-            endpoints: Endpoints { ws: "ws://127.0.0.1:7000/ws".into() },
+            endpoints: Endpoints::websocket("ws://127.0.0.1:7000/ws"),
             state: ServerState::Ready,
             max_worlds: 2,
             world_capacity: 30,
@@ -421,7 +496,7 @@ mod tests {
     fn heartbeats_are_validated() {
         assert!(hb().validate().is_ok());
         let f = |h: Heartbeat| h.validate().unwrap_err().field;
-        assert_eq!(f(Heartbeat { endpoints: Endpoints { ws: "http://x".into() }, ..hb() }), "endpoints.ws");
+        assert_eq!(f(Heartbeat { endpoints: Endpoints::websocket("http://x"), ..hb() }), "endpoints.ws");
         assert_eq!(f(Heartbeat { max_worlds: 0, ..hb() }), "max_worlds");
         let mut over = hb();
         over.worlds[0].occupancy = 31;

@@ -180,6 +180,10 @@ pub async fn allocator(opts: AllocatorOpts) -> AllocatorProc {
 struct GameserverReady {
     ws: SocketAddr,
     http: SocketAddr,
+    #[serde(default)]
+    quic: Option<SocketAddr>,
+    #[serde(default)]
+    quic_cert_sha256: Option<String>,
 }
 
 /// How to start a gameserver.
@@ -223,6 +227,8 @@ pub struct GameserverProc {
     pub ws_url: String,
     /// `http://<http>`
     pub http_url: String,
+    /// The QUIC endpoint and its certificate's SHA-256, when served.
+    pub quic: Option<(SocketAddr, String)>,
 }
 
 impl GameserverProc {
@@ -277,6 +283,7 @@ pub async fn gameserver(opts: GameserverOpts) -> GameserverProc {
         http: ready.http,
         ws_url: format!("ws://{}/ws", ready.ws),
         http_url: format!("http://{}", ready.http),
+        quic: ready.quic.zip(ready.quic_cert_sha256),
         proc,
     };
     let name = format!("{} to be ready", gs.id);
