@@ -47,7 +47,7 @@ impl QuicClients {
     pub fn new(sockets: usize, encoding: Encoding) -> std::io::Result<Self> {
         let mut endpoints = Vec::new();
         for _ in 0..sockets.max(1) {
-            endpoints.push(quinn::Endpoint::client(([0, 0, 0, 0], 0).into())?);
+            endpoints.push(arena_sdk::quic::endpoint(([0, 0, 0, 0], 0).into(), None)?);
         }
         Ok(QuicClients {
             endpoints,

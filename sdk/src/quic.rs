@@ -28,6 +28,28 @@ pub const RECEIVE_WINDOW: u32 = 256 * 1024;
 /// After the server finished its stream, how long its connection close may take to arrive.
 pub const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
+/// Socket buffer asked for by [`endpoint`] (the kernel caps it at `net.core.rmem_max` /
+/// `wmem_max`): a thousand handshakes a second overflow Linux's default of 208 KiB, and a dropped
+/// Initial costs its connection a second before it is sent again.
+pub const SOCKET_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
+/// A QUIC endpoint on `bind` whose UDP socket asks for [`SOCKET_BUFFER_BYTES`] of receive and
+/// send buffer; a server when `server` is given, else a client only.
+pub fn endpoint(bind: SocketAddr, server: Option<quinn::ServerConfig>) -> std::io::Result<quinn::Endpoint> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        // Like quinn's own binding: dual-stack where the address allows.
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer than asked for still works.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.bind(&bind.into())?;
+    let runtime = quinn::default_runtime().ok_or_else(|| std::io::Error::other("no async runtime"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket.into(), runtime)
+}
+
 /// How the server's certificate is trusted.
 #[derive(Debug, Clone)]
 pub enum Trust {
@@ -167,7 +189,7 @@ impl QuicClient {
         window: u32,
     ) -> Result<Self, ClientError> {
         let bind: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(quic_err)?;
+        let mut endpoint = endpoint(bind, None).map_err(quic_err)?;
         endpoint.set_default_client_config(client_config(enc, trust, window)?);
         let connection = endpoint.connect(addr, server_name).map_err(quic_err)?.await.map_err(closed)?;
         let (send, recv) = connection.open_bi().await.map_err(closed)?;

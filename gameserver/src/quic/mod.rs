@@ -33,7 +33,7 @@ pub const INCOMING_BUFFER_TOTAL: u64 = 8 * 1024 * 1024;
 pub fn bind(addr: SocketAddr, identity: &tls::Identity, max_queued: usize) -> anyhow::Result<quinn::Endpoint> {
     let mut cfg = tls::server_config(identity, IDLE_TIMEOUT, (max_queued as u64).max(MIN_SEND_WINDOW))?;
     cfg.max_incoming(MAX_INCOMING).incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
-    Ok(quinn::Endpoint::server(cfg, addr)?)
+    Ok(arena_sdk::quic::endpoint(addr, Some(cfg))?)
 }
 
 /// Accept connections until `stop` is cancelled. A connection attempt from an address QUIC has
