@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use arena_sdk::Encoding;
 use arena_sdk::codec::{decode_server, encode};
 use arena_sdk::protocol::{ClientMsg, Input, ServerMsg};
 use arena_sdk::rng::SplitMix64;
@@ -28,7 +29,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use crate::bot::{Swarm, frame_op};
 use crate::peek::peek_update;
-use crate::stats::Samples;
+use crate::stats::{Samples, Stats};
 use crate::wsclient::{FrameBuf, FrameOut, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, WsError, close_code};
 
 /// What a bot keeps across connections: where its seat is and how it numbers inputs.
@@ -60,6 +61,65 @@ pub struct Player {
 /// Sent back when a connection is lost, with why.
 pub type Lost = (Seat, String);
 
+/// What a seated bot measures, whatever its transport: inputs awaiting acknowledgement (timed
+/// from when they were due), the last tick (for gaps), when the last update came.
+#[derive(Debug)]
+pub struct Tracker {
+    pending: VecDeque<(u32, Instant)>,
+    last_tick: Option<u64>,
+    last_arrival: Option<Instant>,
+}
+
+impl Tracker {
+    /// A bot whose welcome was at `tick`.
+    pub fn new(tick: u64) -> Self {
+        Tracker { pending: VecDeque::with_capacity(4), last_tick: Some(tick), last_arrival: None }
+    }
+
+    /// One message from the server, received at `now`: an update is read with [`peek_update`]
+    /// (acknowledging inputs), anything else decoded.
+    pub fn received(&mut self, enc: Encoding, payload: &[u8], now: Instant, samples: &mut Samples, stats: &Stats) {
+        let Some(head) = peek_update(enc, payload) else {
+            samples.other_message(payload.len());
+            match decode_server(enc, payload) {
+                Ok(ServerMsg::Snapshot(s)) => self.last_tick = Some(s.tick),
+                Ok(ServerMsg::Error(e)) => stats.error(format!("server_error:{}", e.code.as_str())),
+                Ok(_) => {}
+                Err(e) => stats.error(format!("decode:{e}")),
+            }
+            return;
+        };
+        if self.last_tick.is_some_and(|t| head.tick != t + 1) {
+            samples.gap();
+        }
+        self.last_tick = Some(head.tick);
+        samples.update(payload.len(), self.last_arrival.map(|t| now - t));
+        self.last_arrival = Some(now);
+        while let Some(&(s, scheduled)) = self.pending.front() {
+            if s > head.ack_seq {
+                break;
+            }
+            samples.input_ack(now - scheduled);
+            self.pending.pop_front();
+        }
+    }
+
+    /// Input `seq`, due at `due`, was sent (`bytes` long).
+    pub fn sent(&mut self, seq: u32, due: Instant, bytes: usize, samples: &mut Samples, stats: &Stats) {
+        samples.sent(bytes);
+        self.pending.push_back((seq, due));
+        if self.pending.len() > MAX_PENDING {
+            self.pending.pop_front();
+            stats.unacked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The bot is gone: its inputs still waiting count as unacknowledged.
+    pub fn finish(self, stats: &Stats) {
+        stats.unacked.fetch_add(self.pending.len() as u64, Ordering::Relaxed);
+    }
+}
+
 struct Slot {
     seat: Seat,
     stream: TcpStream,
@@ -67,9 +127,7 @@ struct Slot {
     outbuf: FrameOut,
     /// Bytes the socket did not take yet.
     unsent: Vec<u8>,
-    pending: VecDeque<(u32, Instant)>,
-    last_tick: Option<u64>,
-    last_arrival: Option<Instant>,
+    tracker: Tracker,
     /// Distinguishes this occupant of the slot from earlier ones (stale timers).
     generation: u64,
 }
@@ -223,16 +281,13 @@ impl Engine {
             let mut seat = p.seat;
             let first = Instant::now() + self.interval.mul_f64(seat.rng.next_f64());
             self.timers.push(Reverse((first, i, self.generation)));
-            let last_tick = Some(seat.tick);
             self.slots[i] = Some(Slot {
+                tracker: Tracker::new(seat.tick),
                 seat,
                 stream,
                 inbuf: p.inbuf,
                 outbuf: p.outbuf,
                 unsent: Vec::new(),
-                pending: VecDeque::with_capacity(4),
-                last_tick,
-                last_arrival: None,
                 generation: self.generation,
             });
             // Bytes read during the join may already hold updates.
@@ -251,7 +306,7 @@ impl Engine {
         let Some(mut slot) = self.slots[i].take() else { return };
         let _ = self.poll.registry().deregister(&mut slot.stream);
         self.free.push(i);
-        self.swarm.stats.unacked.fetch_add(slot.pending.len() as u64, Ordering::Relaxed);
+        slot.tracker.finish(&self.swarm.stats);
         match why {
             Some(why) => self.lost(slot.seat, why),
             None => {
@@ -293,31 +348,7 @@ impl Engine {
                             _ => continue,
                         }
                         let payload = slot.inbuf.payload(frame);
-                        if let Some(head) = peek_update(enc, payload) {
-                            if slot.last_tick.is_some_and(|t| head.tick != t + 1) {
-                                self.samples.gap();
-                            }
-                            slot.last_tick = Some(head.tick);
-                            self.samples.update(payload.len(), slot.last_arrival.map(|t| now - t));
-                            slot.last_arrival = Some(now);
-                            while let Some(&(s, scheduled)) = slot.pending.front() {
-                                if s > head.ack_seq {
-                                    break;
-                                }
-                                self.samples.input_ack(now - scheduled);
-                                slot.pending.pop_front();
-                            }
-                        } else {
-                            self.samples.other_message(payload.len());
-                            match decode_server(enc, payload) {
-                                Ok(ServerMsg::Snapshot(s)) => slot.last_tick = Some(s.tick),
-                                Ok(ServerMsg::Error(e)) => {
-                                    self.swarm.stats.error(format!("server_error:{}", e.code.as_str()));
-                                }
-                                Ok(_) => {}
-                                Err(e) => self.swarm.stats.error(format!("decode:{e}")),
-                            }
-                        }
+                        slot.tracker.received(enc, payload, now, &mut self.samples, &self.swarm.stats);
                     }
                     // A short read means the socket is drained (and a later packet raises a new
                     // edge); a full one may have left more behind.
@@ -380,14 +411,9 @@ impl Engine {
                 self.scratch.clear();
                 match encode(enc, &ClientMsg::Input(Input::new(seq, command))) {
                     Ok(bytes) => {
-                        self.samples.sent(bytes.len());
                         let frame = slot.outbuf.frame(frame_op(enc), &bytes);
                         slot.unsent.extend_from_slice(frame);
-                        slot.pending.push_back((seq, due));
-                        if slot.pending.len() > MAX_PENDING {
-                            slot.pending.pop_front();
-                            self.swarm.stats.unacked.fetch_add(1, Ordering::Relaxed);
-                        }
+                        slot.tracker.sent(seq, due, bytes.len(), &mut self.samples, &self.swarm.stats);
                         self.timers.push(Reverse((due + self.interval, i, generation)));
                         None
                     }

@@ -6,7 +6,6 @@
 //! scheduled time to the first update whose `ack_seq` covers them, updates read with
 //! [`peek_update`] rather than decoded.
 
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,16 +18,15 @@ use arena_sdk::quic::{Trust, client_config};
 use tokio::time::Instant;
 
 use crate::bot::Swarm;
-use crate::engine::{Lost, Seat};
-use crate::peek::peek_update;
+use crate::engine::{Lost, Seat, Tracker};
 use crate::stats::Samples;
 
 /// Largest server frame accepted (a snapshot of a full world is a few KiB).
 const MAX_FRAME: usize = 1 << 20;
 /// Receive window per connection: a few seconds of updates.
 const WINDOW: u32 = 256 * 1024;
-/// Most inputs awaiting acknowledgement per bot.
-const MAX_PENDING: usize = 64;
+/// Longest a frame may wait for the server's flow control.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// QUIC's transport error for a connection the server would not take.
 const CONNECTION_REFUSED: u64 = 0x2;
 
@@ -81,16 +79,14 @@ impl QuicClients {
         tokio::time::timeout(limit, opened).await.map_err(|_| "timeout".to_owned())?
     }
 
-    /// Wait (at most `limit`) until every connection's close has been sent.
+    /// Wait (at most `limit` in all) until every connection's close has been sent.
     pub async fn wait_idle(&self, limit: Duration) {
-        let all = futures_join(self.endpoints.iter().map(|e| e.wait_idle()));
+        let all = async {
+            for e in &self.endpoints {
+                e.wait_idle().await;
+            }
+        };
         let _ = tokio::time::timeout(limit, all).await;
-    }
-}
-
-async fn futures_join<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
-    for f in futs {
-        f.await;
     }
 }
 
@@ -119,7 +115,7 @@ pub struct QuicConn {
 }
 
 impl QuicConn {
-    /// Send one message as a frame.
+    /// Send one message as a frame, within [`SEND_TIMEOUT`].
     pub async fn send(&mut self, enc: Encoding, msg: &ClientMsg) -> Result<usize, String> {
         let bytes = encode(enc, msg).map_err(|e| format!("encode:{e}"))?;
         self.send_frame(&bytes).await?;
@@ -131,10 +127,12 @@ impl QuicConn {
         let mut frame = Vec::with_capacity(4 + payload.len());
         frame.extend_from_slice(&len.to_be_bytes());
         frame.extend_from_slice(payload);
-        self.send.write_all(&frame).await.map_err(|e| match e {
-            quinn::WriteError::ConnectionLost(e) => connection_error(&e),
-            other => format!("quic:{other}"),
-        })
+        match tokio::time::timeout(SEND_TIMEOUT, self.send.write_all(&frame)).await {
+            Err(_) => Err("send_timeout".into()),
+            Ok(Err(quinn::WriteError::ConnectionLost(e))) => Err(connection_error(&e)),
+            Ok(Err(other)) => Err(format!("quic:{other}")),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 
     /// The next whole frame's payload range in the inbox, if there is one.
@@ -214,12 +212,10 @@ pub async fn play(
     stop: Arc<AtomicBool>,
 ) {
     let QuicPlayer { mut seat, mut conn } = player;
-    let enc = swarm.behaviour.encoding;
+    let (enc, stats) = (swarm.behaviour.encoding, &swarm.stats);
     let interval = Duration::from_secs_f64(1.0 / swarm.behaviour.inputs_per_sec.max(0.001));
     let mut samples = Samples::default();
-    let mut pending: VecDeque<(u32, Instant)> = VecDeque::with_capacity(4);
-    let mut last_tick = Some(seat.tick);
-    let mut last_arrival: Option<Instant> = None;
+    let mut tracker = Tracker::new(seat.tick);
     let mut due = Instant::now() + interval.mul_f64(seat.rng.next_f64());
     let mut next_flush = Instant::now() + Duration::from_secs(1);
     let mut chunk = vec![0u8; 4096];
@@ -227,63 +223,31 @@ pub async fn play(
         if stop.load(Ordering::Relaxed) {
             break None;
         }
-        // Frames already read (the join may have brought updates along).
+        // Every whole frame read so far (the join may have brought updates along).
         let now = Instant::now();
-        let mut failed = None;
-        loop {
-            let len = match conn.next_frame() {
-                Ok(Some(len)) => len,
-                Ok(None) => break,
-                Err(e) => {
-                    failed = Some(e);
-                    break;
+        let failed = loop {
+            match conn.next_frame() {
+                Ok(Some(len)) => {
+                    tracker.received(enc, &conn.inbox[4..4 + len], now.into_std(), &mut samples, stats);
+                    conn.inbox.drain(..4 + len);
                 }
-            };
-            let payload = &conn.inbox[4..4 + len];
-            if let Some(head) = peek_update(enc, payload) {
-                if last_tick.is_some_and(|t| head.tick != t + 1) {
-                    samples.gap();
-                }
-                last_tick = Some(head.tick);
-                samples.update(payload.len(), last_arrival.map(|t| now - t));
-                last_arrival = Some(now);
-                while let Some(&(s, scheduled)) = pending.front() {
-                    if s > head.ack_seq {
-                        break;
-                    }
-                    samples.input_ack(now - scheduled);
-                    pending.pop_front();
-                }
-            } else {
-                samples.other_message(payload.len());
-                match decode_server(enc, payload) {
-                    Ok(ServerMsg::Snapshot(s)) => last_tick = Some(s.tick),
-                    Ok(ServerMsg::Error(e)) => swarm.stats.error(format!("server_error:{}", e.code.as_str())),
-                    Ok(_) => {}
-                    Err(e) => swarm.stats.error(format!("decode:{e}")),
-                }
+                Ok(None) => break None,
+                Err(e) => break Some(e),
             }
-            conn.inbox.drain(..4 + len);
-        }
-        if let Some(e) = failed {
-            break Some(e);
+        };
+        if failed.is_some() {
+            break failed;
         }
         if now >= next_flush {
-            swarm.stats.flush(&mut samples);
+            stats.flush(&mut samples);
             next_flush = now + Duration::from_secs(1);
         }
         if now >= due {
             seat.seq += 1;
-            let seq = seat.seq;
-            let command = swarm.next_command(&mut seat.rng, seq);
-            match conn.send(enc, &ClientMsg::Input(Input::new(seq, command))).await {
-                Ok(n) => samples.sent(n),
+            let command = swarm.next_command(&mut seat.rng, seat.seq);
+            match conn.send(enc, &ClientMsg::Input(Input::new(seat.seq, command))).await {
+                Ok(n) => tracker.sent(seat.seq, due.into_std(), n, &mut samples, stats),
                 Err(e) => break Some(e),
-            }
-            pending.push_back((seq, due));
-            if pending.len() > MAX_PENDING {
-                pending.pop_front();
-                swarm.stats.unacked.fetch_add(1, Ordering::Relaxed);
             }
             due += interval;
             continue;
@@ -299,9 +263,9 @@ pub async fn play(
             () = tokio::time::sleep_until(wake) => {}
         }
     };
-    swarm.stats.flush(&mut samples);
-    swarm.stats.unacked.fetch_add(pending.len() as u64, Ordering::Relaxed);
-    swarm.stats.joined.fetch_sub(1, Ordering::Relaxed);
+    stats.flush(&mut samples);
+    tracker.finish(stats);
+    stats.joined.fetch_sub(1, Ordering::Relaxed);
     match why {
         Some(why) => {
             conn.connection.close(quinn::VarInt::from_u32(u32::from(close::GOING_AWAY)), b"lost");
