@@ -69,8 +69,11 @@ pub struct AllocatorLink {
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// WebSocket listen address; the endpoint is `ws://<ws_addr>/ws`.
+    /// WebSocket listen address; the endpoint is `ws://<ws_addr>/ws` (`wss://` with `ws_tls`).
     pub ws_addr: SocketAddr,
+    /// A certificate chain and its key (PEM files) for the WebSocket listener: it then serves
+    /// TLS only (`wss://`).
+    pub ws_tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
     /// The QUIC endpoint, when served.
     pub quic: Option<QuicConfig>,
     /// HTTP listen address for `/healthz`, `/readyz` and `/metrics`.
@@ -152,6 +155,7 @@ impl Default for ServerConfig {
         let parse = |a: &str| a.parse().unwrap_or_else(|_| unreachable!("default addresses parse"));
         ServerConfig {
             ws_addr: parse(d::WS_ADDR),
+            ws_tls: None,
             quic: None,
             http_addr: parse(d::HTTP_ADDR),
             server_id: d::SERVER_ID.to_owned(),

@@ -43,6 +43,13 @@ struct ServeArgs {
     /// WebSocket listen address (port 0: any free port; see --ready-file).
     #[arg(long, env = "ARENA_WS_ADDR", default_value = d::WS_ADDR)]
     ws_addr: SocketAddr,
+    /// Serve `wss://` (TLS 1.3 only) on the WebSocket listener with this certificate chain
+    /// (PEM); plain `ws://` clients are then refused with 400.
+    #[arg(long, env = "ARENA_WS_TLS_CERT", requires = "ws_tls_key")]
+    ws_tls_cert: Option<std::path::PathBuf>,
+    /// The WebSocket certificate's private key (PEM).
+    #[arg(long, env = "ARENA_WS_TLS_KEY", requires = "ws_tls_cert")]
+    ws_tls_key: Option<std::path::PathBuf>,
     /// HTTP listen address (/healthz, /readyz, /metrics).
     #[arg(long, env = "ARENA_HTTP_ADDR", default_value = d::HTTP_ADDR)]
     http_addr: SocketAddr,
@@ -116,7 +123,8 @@ struct ServeArgs {
     /// This server's region, as reported to the allocator.
     #[arg(long, env = "ARENA_REGION", default_value = d::REGION)]
     region: String,
-    /// WebSocket URL bots should be sent to (default: ws://<ws-addr>/ws).
+    /// WebSocket URL bots should be sent to (default: ws://<ws-addr>/ws, or wss:// with
+    /// --ws-tls-cert).
     #[arg(long, env = "ARENA_PUBLIC_WS_URL")]
     public_ws_url: Option<String>,
     /// QUIC endpoint bots should be sent to, quic://host:port (default: quic://<quic-addr>
@@ -277,6 +285,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let defaults = ServerConfig::default();
     let cfg = ServerConfig {
         ws_addr: args.ws_addr,
+        ws_tls: args.ws_tls_cert.clone().zip(args.ws_tls_key.clone()),
         http_addr: args.http_addr,
         quic: args.quic_addr.map(|addr| arena_gameserver::config::QuicConfig {
             addr,

@@ -53,6 +53,8 @@ pub struct ReadyInfo {
 pub struct Server {
     host: Arc<Host>,
     ws: TcpListener,
+    /// TLS for the WebSocket listener (`wss://`), when a certificate is configured.
+    ws_tls: Option<Arc<rustls::ServerConfig>>,
     http: TcpListener,
     /// The QUIC endpoint and its certificate's SHA-256 (hex).
     quic: Option<(quinn::Endpoint, String)>,
@@ -63,6 +65,12 @@ impl Server {
     /// Bind the WebSocket and HTTP ports and connect the persistence `cfg.persist` names.
     pub async fn bind(cfg: ServerConfig) -> anyhow::Result<Self> {
         let ws = listener::bind(cfg.ws_addr, cfg.listen_backlog)?;
+        let ws_tls = match &cfg.ws_tls {
+            Some((cert, key)) => {
+                Some(crate::ws::tls::server_config(&crate::quic::tls::Identity::from_pem(cert, key)?)?)
+            }
+            None => None,
+        };
         let http = TcpListener::bind(cfg.http_addr).await?;
         let quic = match &cfg.quic {
             None => None,
@@ -82,7 +90,7 @@ impl Server {
         let persist = Persist::connect(cfg.persist.clone(), &cfg.server_id, Arc::clone(&metrics)).await?;
         let supervisor = Supervisor::new();
         let host = Host::new(cfg, metrics, persist.map(Arc::new), supervisor.clone());
-        Ok(Server { host, ws, http, quic, supervisor })
+        Ok(Server { host, ws, ws_tls, http, quic, supervisor })
     }
 
     /// The QUIC endpoint's address (UDP), when served.
@@ -113,7 +121,7 @@ impl Server {
     /// Start serving; the handle resolves after `shutdown` resolved (or a task failed) and the
     /// drain finished.
     pub fn spawn(self, shutdown: impl Future<Output = ()> + Send + 'static) -> JoinHandle<anyhow::Result<()>> {
-        let Server { host, ws, http, quic, supervisor: sup } = self;
+        let Server { host, ws, ws_tls, http, quic, supervisor: sup } = self;
         let quic_addr = quic.as_ref().and_then(|(e, _)| e.local_addr().ok());
         let quic_endpoint = quic.as_ref().map(|(e, _)| e.clone());
         let quic_cert_sha256 = quic.as_ref().map(|(_, h)| h.clone());
@@ -124,7 +132,7 @@ impl Server {
             .allocator
             .as_ref()
             .and_then(|l| l.public_ws_url.clone())
-            .unwrap_or_else(|| format!("ws://{ws_addr}/ws"));
+            .unwrap_or_else(|| format!("{}://{ws_addr}/ws", if ws_tls.is_some() { "wss" } else { "ws" }));
         let endpoints = Endpoints {
             ws: ws_url.clone(),
             quic: quic_addr.map(|a| {
@@ -176,7 +184,14 @@ impl Server {
         let accept = sup.spawn_critical(
             "accept",
             &accept_stop,
-            listener::accept_loop(ws, Arc::clone(&host), accept_stop.clone(), drain.clone(), connections.clone()),
+            listener::accept_loop(
+                ws,
+                Arc::clone(&host),
+                ws_tls,
+                accept_stop.clone(),
+                drain.clone(),
+                connections.clone(),
+            ),
         );
         let quic_accept = quic.map(|(endpoint, sha256)| {
             tracing::info!(quic = ?endpoint.local_addr().ok(), cert_sha256 = %sha256, "serving QUIC");

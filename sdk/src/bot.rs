@@ -83,6 +83,8 @@ pub struct BotOptions {
     /// A server that sends nothing for this long is taken for gone (it sends 20 updates a
     /// second), and the bot reconnects.
     pub silence_timeout: Duration,
+    /// Roots a `wss://` gameserver's certificate is verified against (`None`: the system's).
+    pub tls_roots: Option<std::sync::Arc<rustls::RootCertStore>>,
 }
 
 impl BotOptions {
@@ -98,6 +100,7 @@ impl BotOptions {
             max_attempts: Some(20),
             timeout: Duration::from_secs(10),
             silence_timeout: Duration::from_secs(5),
+            tls_roots: None,
         }
     }
 }
@@ -395,10 +398,17 @@ impl Driver {
         }
     }
 
+    async fn connect(&self, url: &str) -> Result<Client, ClientError> {
+        match &self.options.tls_roots {
+            Some(roots) => Client::connect_with_roots(url, self.options.encoding, std::sync::Arc::clone(roots)).await,
+            None => Client::connect(url, self.options.encoding).await,
+        }
+    }
+
     async fn allocate_and_join(&mut self) -> Result<(Client, Seat), BotError> {
         let a = self.allocate().await?;
         let timeout = self.options.timeout;
-        let mut client = tokio::time::timeout(timeout, Client::connect(&a.endpoints.ws, self.options.encoding))
+        let mut client = tokio::time::timeout(timeout, self.connect(&a.endpoints.ws))
             .await
             .map_err(|_| ClientError::Timeout(timeout))??;
         let w = tokio::time::timeout(timeout, client.join(&a.ticket, Some(&a.world_id)))
@@ -416,9 +426,8 @@ impl Driver {
             return Err(ClientError::Url("no endpoint to resume on".into()));
         };
         let timeout = self.options.timeout;
-        let mut client = tokio::time::timeout(timeout, Client::connect(&ws, self.options.encoding))
-            .await
-            .map_err(|_| ClientError::Timeout(timeout))??;
+        let mut client =
+            tokio::time::timeout(timeout, self.connect(&ws)).await.map_err(|_| ClientError::Timeout(timeout))??;
         let w =
             tokio::time::timeout(timeout, client.resume(token)).await.map_err(|_| ClientError::Timeout(timeout))??;
         self.token = Some(w.resume_token);

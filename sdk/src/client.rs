@@ -2,6 +2,7 @@
 //! receive messages that keep a [`ClientSession`] mirror current. A detected gap sends `resync`
 //! by itself.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,7 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig, frame::coding::CloseCode};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::codec::{DecodeError, EncodeError, Encoding, decode_server, encode};
 use crate::mirror::{ClientSession, Mirror, SessionEvent};
@@ -39,6 +40,30 @@ pub enum ClientError {
     Timeout(Duration),
     #[error("QUIC: {0}")]
     Quic(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// The system's root certificates (read once), for `wss://` servers with public certificates.
+/// Certificates the system store holds that rustls cannot parse are skipped.
+pub fn system_roots() -> Arc<rustls::RootCertStore> {
+    static ROOTS: OnceLock<Arc<rustls::RootCertStore>> = OnceLock::new();
+    Arc::clone(ROOTS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        Arc::new(roots)
+    }))
+}
+
+/// TLS 1.3 with ring, verifying the server against `roots`.
+fn tls_config(roots: Arc<rustls::RootCertStore>) -> Result<Arc<rustls::ClientConfig>, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// A message received and what it did to the session.
@@ -59,12 +84,39 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connect to `url` (`ws://host:port/ws`) asking for `enc`'s subprotocol.
+    /// Connect to `url` (`ws://host:port/ws`, or `wss://` verified against the system's root
+    /// certificates) asking for `enc`'s subprotocol.
     pub async fn connect(url: &str, enc: Encoding) -> Result<Self, ClientError> {
+        Self::connect_via(url, enc, None).await
+    }
+
+    /// [`Client::connect`], with a `wss://` server's certificate verified against `roots`
+    /// (a private CA's, say) instead of the system's.
+    pub async fn connect_with_roots(
+        url: &str,
+        enc: Encoding,
+        roots: Arc<rustls::RootCertStore>,
+    ) -> Result<Self, ClientError> {
+        Self::connect_via(url, enc, Some(roots)).await
+    }
+
+    async fn connect_via(
+        url: &str,
+        enc: Encoding,
+        roots: Option<Arc<rustls::RootCertStore>>,
+    ) -> Result<Self, ClientError> {
         let mut request = url.into_client_request().map_err(|e| ClientError::Url(e.to_string()))?;
         request.headers_mut().insert("Sec-WebSocket-Protocol", HeaderValue::from_static(enc.subprotocol()));
         let config = WebSocketConfig::default().read_buffer_size(16 * 1024).write_buffer_size(0);
-        let (ws, response) = tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+        let connector = match request.uri().scheme_str() {
+            Some("wss") => {
+                let roots = roots.unwrap_or_else(system_roots);
+                Some(Connector::Rustls(tls_config(roots)?))
+            }
+            _ => None,
+        };
+        let (ws, response) =
+            tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, connector).await?;
         let agreed = response.headers().get("Sec-WebSocket-Protocol").and_then(|v| v.to_str().ok());
         if agreed != Some(enc.subprotocol()) {
             return Err(ClientError::Subprotocol(enc.subprotocol()));

@@ -66,6 +66,45 @@ async fn bot_plays_resumes_after_a_drop_and_shuts_down() {
 }
 
 #[tokio::test]
+async fn bot_plays_over_wss_verifying_the_server_certificate() {
+    let dir = std::env::temp_dir().join(format!("arena-bot-wss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let alloc = allocator(AllocatorOpts::default()).await;
+    let base = alloc.url.clone();
+    let tls =
+        vec!["--ws-tls-cert".into(), cert.display().to_string(), "--ws-tls-key".into(), key.display().to_string()];
+    let _gs = gameserver(GameserverOpts { extra: tls, ..GameserverOpts::new("gs-tls", &base) }).await;
+    wait_servers(&base, 1).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(made.cert.der().clone()).unwrap();
+    let opts = BotOptions { tls_roots: Some(std::sync::Arc::new(roots)), ..options("secure") };
+    let mut bot = Bot::connect(&base, opts).await.expect("connect");
+    next_joined(&mut bot).await;
+    bot.say("over wss").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(BotEvent::Update(u)) = tokio::time::timeout_at(deadline, bot.next_event()).await.unwrap()
+            && u.events.iter().any(|e| matches!(e, Event::Say { text, .. } if text == "over wss"))
+        {
+            break;
+        }
+    }
+    bot.shutdown().await;
+
+    // The system's roots do not know this certificate: the bot refuses to connect.
+    match Bot::connect(&base, options("strict")).await {
+        Ok(_) => panic!("joined a server whose certificate nothing vouches for"),
+        Err(e) => assert!(format!("{e:?}").contains("InvalidCertificate"), "{e:?}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
 async fn bot_with_its_own_world_follows_it_to_another_server() {
     let alloc = allocator(AllocatorOpts::default()).await;
     let base = alloc.url.clone();

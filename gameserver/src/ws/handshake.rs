@@ -10,8 +10,7 @@ use std::time::Duration;
 use arena_sdk::Encoding;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tungstenite::handshake::derive_accept_key;
 
 /// The path of the WebSocket endpoint.
@@ -138,6 +137,10 @@ pub enum HandshakeError {
     Eof,
     #[error("refused with HTTP {0}")]
     Rejected(u16),
+    #[error("plain HTTP on a TLS-only listener")]
+    NotTls,
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
 }
 
 /// A completed handshake: the encoding, and bytes the client sent after its request.
@@ -147,16 +150,19 @@ pub struct Accepted {
     pub leftover: Vec<u8>,
 }
 
-/// Run the handshake on a fresh connection.
-pub async fn accept(
-    stream: &mut TcpStream,
+/// Run the handshake on a fresh connection (or a TLS stream on one).
+pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     draining: impl Fn() -> bool,
     timeout: Duration,
 ) -> Result<Accepted, HandshakeError> {
     tokio::time::timeout(timeout, accept_inner(stream, draining)).await.map_err(|_| HandshakeError::Timeout(timeout))?
 }
 
-async fn accept_inner(stream: &mut TcpStream, draining: impl Fn() -> bool) -> Result<Accepted, HandshakeError> {
+async fn accept_inner<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    draining: impl Fn() -> bool,
+) -> Result<Accepted, HandshakeError> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -24,14 +25,16 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 }
 
 /// Accept connections until `stop` is cancelled; each connection's task is tracked by
-/// `connections` and told to close by `drain`.
+/// `connections` and told to close by `drain`. With `tls`, connections must speak TLS (`wss://`).
 pub async fn accept_loop(
     listener: TcpListener,
     host: Arc<Host>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     stop: CancellationToken,
     drain: CancellationToken,
     connections: TaskTracker,
 ) {
+    let tls = tls.map(TlsAcceptor::from);
     loop {
         let permit = tokio::select! {
             p = host.admission().connection_permit() => p,
@@ -40,7 +43,7 @@ pub async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    connections.spawn(reader::serve(stream, peer, Arc::clone(&host), permit, drain.clone()));
+                    connections.spawn(reader::serve(stream, peer, Arc::clone(&host), tls.clone(), permit, drain.clone()));
                 }
                 Err(e) => {
                     // Out of file descriptors or a transient failure: back off, keep serving.

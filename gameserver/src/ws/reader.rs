@@ -20,6 +20,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::PendingSlot;
@@ -31,6 +32,7 @@ use crate::session::Session;
 use crate::ws::frame;
 use crate::ws::handshake;
 use crate::ws::inbound::{Decoder, Frame, FrameError, MAX_HEADER};
+use crate::ws::tls;
 use crate::ws::writer::Conn;
 
 /// Most frames handled in one turn before yielding.
@@ -41,11 +43,12 @@ pub const BYTES_PER_TURN: usize = 16 * 1024;
 pub const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// Serve one accepted TCP connection until it ends. `permit` is its place among the open
-/// connections, given back when this returns.
+/// connections, given back when this returns. With `tls`, the connection must speak TLS.
 pub async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     host: Arc<Host>,
+    tls: Option<TlsAcceptor>,
     permit: OwnedSemaphorePermit,
     shutdown: CancellationToken,
 ) {
@@ -68,12 +71,13 @@ pub async fn serve(
     }
     // A drain does not wait for connections that are still shaking hands.
     let accepted = tokio::select! {
-        r = Box::pin(handshake::accept(&mut stream, || shutdown.is_cancelled(), cfg.handshake_timeout)) => r,
+        r = Box::pin(open(stream, tls.as_ref(), || shutdown.is_cancelled(), cfg.handshake_timeout)) => r,
         () = shutdown.cancelled() => Err(handshake::HandshakeError::Eof),
     };
     match accepted {
-        Ok(accepted) => {
-            let conn = Conn::new(host.next_conn_id(), accepted.enc, stream, cfg.max_queued_bytes, Arc::clone(&metrics));
+        Ok((stream, tls, accepted)) => {
+            let conn =
+                Conn::new(host.next_conn_id(), accepted.enc, stream, tls, cfg.max_queued_bytes, Arc::clone(&metrics));
             run(&conn, &host, accepted.leftover, Some(pending), &shutdown).await;
         }
         Err(e) => tracing::debug!(error = %e, %peer, "handshake did not complete"),
@@ -81,10 +85,49 @@ pub async fn serve(
     metrics.connections.dec();
 }
 
+/// The handshake, within `limit`: TLS first when the listener has a certificate (a client that
+/// speaks plain HTTP is told to use `wss://`), then the HTTP upgrade.
+async fn open(
+    mut stream: TcpStream,
+    tls: Option<&TlsAcceptor>,
+    draining: impl Fn() -> bool,
+    limit: Duration,
+) -> Result<(TcpStream, Option<Box<tls::Session>>, handshake::Accepted), handshake::HandshakeError> {
+    use handshake::HandshakeError;
+    let Some(acceptor) = tls else {
+        let accepted = handshake::accept(&mut stream, draining, limit).await?;
+        return Ok((stream, None, accepted));
+    };
+    let deadline = Instant::now() + limit;
+    let secured = tokio::time::timeout_at(deadline, async {
+        let mut first = [0u8; 1];
+        if stream.peek(&mut first).await? == 0 {
+            return Err(HandshakeError::Eof);
+        }
+        if !tls::starts_tls(first[0]) {
+            answer_and_close(stream, &tls::plain_refusal()).await;
+            return Err(HandshakeError::NotTls);
+        }
+        acceptor.accept(stream).await.map_err(HandshakeError::Tls)
+    })
+    .await
+    .map_err(|_| HandshakeError::Timeout(limit))??;
+    let mut secured = secured;
+    let accepted =
+        handshake::accept(&mut secured, draining, deadline.saturating_duration_since(Instant::now())).await?;
+    let (stream, session) = secured.into_inner();
+    Ok((stream, Some(tls::Session::new(session)), accepted))
+}
+
 /// Answer 503 at once (the request is not even read), then close cleanly.
-async fn shed_now(mut stream: TcpStream, reason: &str) {
+async fn shed_now(stream: TcpStream, reason: &str) {
+    answer_and_close(stream, &handshake::shed_response(reason)).await;
+}
+
+/// Write `response`, then close cleanly, within a second.
+async fn answer_and_close(mut stream: TcpStream, response: &[u8]) {
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        stream.write_all(&handshake::shed_response(reason)).await?;
+        stream.write_all(response).await?;
         stream.shutdown().await?;
         // Read what the client sent until it closes too, so the socket ends with FIN, not RST.
         let mut sink = [0u8; 1024];
@@ -121,6 +164,10 @@ async fn run(
     let cap = cfg.read_buffer_bytes.max(MAX_CLIENT_FRAME_BYTES + MAX_HEADER);
     let mut buf = BytesMut::with_capacity(cap.max(leftover.len()));
     buf.extend_from_slice(&leftover);
+    // TLS: what rustls decrypted during the handshake and the upgrade did not read.
+    if conn.take_plaintext(&mut buf).is_err() {
+        return;
+    }
     let link: ClientLink = Arc::clone(conn) as ClientLink;
     let mut r = Reading {
         buf,
@@ -240,6 +287,9 @@ enum ReadTurn {
 /// Read from the socket into `buf` (up to `cap` bytes buffered, [`BYTES_PER_TURN`] per turn).
 fn read_turn(conn: &Conn, buf: &mut BytesMut, cap: usize) -> io::Result<ReadTurn> {
     use bytes::BufMut;
+    if conn.is_tls() {
+        return read_turn_tls(conn, buf, cap);
+    }
     let mut read = 0;
     while read < BYTES_PER_TURN && buf.len() < cap {
         let room = cap - buf.len();
@@ -247,6 +297,38 @@ fn read_turn(conn: &Conn, buf: &mut BytesMut, cap: usize) -> io::Result<ReadTurn
         match conn.stream().try_read_buf(&mut (&mut *buf).limit(room)) {
             Ok(0) => return Ok(if read == 0 { ReadTurn::Eof } else { ReadTurn::Read }),
             Ok(n) => read += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Ok(if read == 0 { ReadTurn::WouldBlock } else { ReadTurn::Read });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(ReadTurn::Read)
+}
+
+/// [`read_turn`] for a TLS connection: records from the socket, decrypted into `buf` (at most a
+/// read's worth past `cap`). The client's close_notify ends the connection as its EOF would.
+fn read_turn_tls(conn: &Conn, buf: &mut BytesMut, cap: usize) -> io::Result<ReadTurn> {
+    let before = buf.len();
+    let closed = conn.take_plaintext(buf)?;
+    if buf.len() > before {
+        return Ok(ReadTurn::Read);
+    }
+    if closed {
+        return Ok(ReadTurn::Eof);
+    }
+    let mut cipher = [0u8; 8 * 1024];
+    let mut read = 0;
+    while read < BYTES_PER_TURN && buf.len() < cap {
+        match conn.stream().try_read(&mut cipher) {
+            Ok(0) => return Ok(if read == 0 { ReadTurn::Eof } else { ReadTurn::Read }),
+            Ok(n) => {
+                read += n;
+                if conn.open(&cipher[..n], buf)? {
+                    // Frames before the close_notify are handled first; the next turn ends.
+                    return Ok(ReadTurn::Read);
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 return Ok(if read == 0 { ReadTurn::WouldBlock } else { ReadTurn::Read });
             }

@@ -8,6 +8,9 @@
 //! room resynchronises or drops that client, so a slow client never grows server memory. Once a
 //! connection is closed, what it has not taken within the flush deadline is given up and the
 //! socket closed hard.
+//!
+//! A `wss://` connection keeps its TLS state here too ([`tls::Session`]): each frame is
+//! encrypted into the queue under the same lock, then written the same way.
 
 use std::io;
 use std::net::Shutdown;
@@ -21,6 +24,7 @@ use tokio::sync::Notify;
 use crate::link::{Delivery, Outgoing, Transport};
 use crate::metrics::Metrics;
 use crate::ws::frame;
+use crate::ws::tls;
 
 #[derive(Debug, Default)]
 struct Outbound {
@@ -30,6 +34,8 @@ struct Outbound {
     closed: bool,
     /// The socket failed, or the connection was closed hard.
     broken: bool,
+    /// The connection's TLS state (`wss://`); `queued` then holds TLS records.
+    tls: Option<Box<tls::Session>>,
 }
 
 /// Laid out in order (`repr(C)`): what the tick touches for every client — the queue's lock, the
@@ -49,12 +55,19 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(id: u64, enc: Encoding, stream: TcpStream, max_queued: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        id: u64,
+        enc: Encoding,
+        stream: TcpStream,
+        tls: Option<Box<tls::Session>>,
+        max_queued: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Conn {
             id,
             enc,
             stream,
-            out: Mutex::new(Outbound::default()),
+            out: Mutex::new(Outbound { tls, ..Outbound::default() }),
             max_queued,
             wake: Notify::new(),
             metrics,
@@ -93,6 +106,9 @@ impl Conn {
             return Delivery::Closed;
         }
         let total = frame.len();
+        if out.tls.is_some() {
+            return self.send_sealed(&mut out, frame, force);
+        }
         if !out.queued.is_empty() {
             if !force && out.queued.len() + total > self.max_queued {
                 return Delivery::Full;
@@ -123,6 +139,66 @@ impl Conn {
         Delivery::Queued
     }
 
+    /// A TLS connection's send: the frame is encrypted into the queue (records cannot be taken
+    /// back, so the cap is checked first), then the queue written as far as the socket takes it.
+    fn send_sealed(&self, out: &mut Outbound, frame: &[u8], force: bool) -> Delivery {
+        let before = out.queued.len();
+        if !force && before > 0 && before + frame.len() > self.max_queued {
+            return Delivery::Full;
+        }
+        let Outbound { queued, tls, .. } = out;
+        let sealed = tls.as_mut().map_or(Ok(()), |tls| tls.seal(frame, queued));
+        if sealed.is_err() {
+            self.mark_broken(out);
+            return Delivery::Closed;
+        }
+        self.metrics.outbound_queued_bytes.inc_by((out.queued.len() - before) as i64);
+        if self.write_queued(out).is_err() {
+            return Delivery::Closed;
+        }
+        if out.queued.is_empty() {
+            return Delivery::Sent;
+        }
+        self.wake.notify_one();
+        Delivery::Queued
+    }
+
+    /// A TLS connection's read: `cipher` (read from the socket) is decrypted into `plain`.
+    /// `Ok(true)` when the client sent close_notify. Plain connections append `cipher` as is.
+    pub fn open(&self, cipher: &[u8], plain: &mut bytes::BytesMut) -> io::Result<bool> {
+        let mut out = self.out.lock();
+        let mut records = Vec::new();
+        let opened = match out.tls.as_mut() {
+            Some(tls) => tls.open(cipher, plain, &mut records),
+            None => {
+                plain.extend_from_slice(cipher);
+                Ok(false)
+            }
+        };
+        if !records.is_empty() && !out.broken {
+            out.queued.extend_from_slice(&records);
+            self.metrics.outbound_queued_bytes.inc_by(records.len() as i64);
+            let _ = self.write_queued(&mut out);
+        }
+        if opened.is_err() {
+            self.mark_broken(&mut out);
+        }
+        opened
+    }
+
+    /// Plaintext rustls already holds (read during the handshake), into `plain`.
+    pub fn take_plaintext(&self, plain: &mut bytes::BytesMut) -> io::Result<bool> {
+        match self.out.lock().tls.as_mut() {
+            Some(tls) => tls.take_plaintext(plain),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether the connection speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.out.lock().tls.is_some()
+    }
+
     /// Send a frame built by the caller (pong, close).
     pub fn send_frame(&self, frame: &[u8]) -> Delivery {
         self.send_bytes(frame, false)
@@ -131,10 +207,14 @@ impl Conn {
     /// Write what is queued, as far as the socket takes it. `Err` when the socket failed.
     pub fn flush(&self) -> io::Result<()> {
         let mut out = self.out.lock();
+        self.write_queued(&mut out)
+    }
+
+    fn write_queued(&self, out: &mut Outbound) -> io::Result<()> {
         while !out.queued.is_empty() && !out.broken {
             match self.stream.try_write(&out.queued) {
                 Ok(0) => {
-                    self.mark_broken(&mut out);
+                    self.mark_broken(out);
                     return Err(io::ErrorKind::WriteZero.into());
                 }
                 Ok(n) => {
@@ -143,7 +223,7 @@ impl Conn {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => {
-                    self.mark_broken(&mut out);
+                    self.mark_broken(out);
                     return Err(e);
                 }
             }
@@ -169,6 +249,15 @@ impl Conn {
             self.send_bytes(close, true);
             let mut out = self.out.lock();
             out.closed = true;
+            // TLS: close_notify follows the close frame, so the client knows nothing was cut.
+            let Outbound { queued, tls, .. } = &mut *out;
+            if let Some(tls) = tls.as_mut() {
+                let before = queued.len();
+                if tls.close_notify(queued).is_ok() {
+                    self.metrics.outbound_queued_bytes.inc_by((queued.len() - before) as i64);
+                    let _ = self.write_queued(&mut out);
+                }
+            }
             if out.queued.is_empty() {
                 shutdown_write(&self.stream);
             }

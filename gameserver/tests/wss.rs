@@ -1,0 +1,158 @@
+//! `wss://`: a WebSocket listener with a configured certificate serves TLS 1.3 only. A client
+//! that verifies the certificate joins and plays in both encodings; one that does not trust it,
+//! or asks for another name, is stopped by its own verification; a plain `ws://` client is
+//! refused with a readable 400; garbage after a TLS start costs the server nothing; a drain's
+//! close frame arrives through TLS.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arena_gameserver::ServerConfig;
+use arena_sdk::Encoding;
+use arena_sdk::client::{Client, ClientError};
+use arena_sdk::protocol::{Command, Move, ServerMsg, close};
+use common::{TestServer, WAIT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite;
+
+/// A certificate for `localhost`, written as PEM files, and a root store that trusts it.
+struct Pki {
+    dir: PathBuf,
+    roots: Arc<rustls::RootCertStore>,
+    files: (PathBuf, PathBuf),
+}
+
+impl Pki {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("arena-wss-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let files = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&files.0, made.cert.pem()).unwrap();
+        std::fs::write(&files.1, made.signing_key.serialize_pem()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(made.cert.der().clone()).unwrap();
+        Pki { dir, roots: Arc::new(roots), files }
+    }
+
+    async fn server(&self) -> TestServer {
+        TestServer::start(ServerConfig { ws_tls: Some(self.files.clone()), ..common::config() }).await
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wss_url(s: &TestServer) -> String {
+    format!("wss://localhost:{}/ws", s.ws_addr.port())
+}
+
+async fn connect(s: &TestServer, pki: &Pki, enc: Encoding) -> Client {
+    Client::connect_with_roots(&wss_url(s), enc, Arc::clone(&pki.roots)).await.expect("a verified wss:// connection")
+}
+
+#[tokio::test]
+async fn a_verifying_client_joins_and_its_inputs_are_acknowledged_in_both_encodings() {
+    let pki = Pki::new("play");
+    let s = pki.server().await;
+    for (enc, bot) in [(Encoding::MsgPack, "tls-msgpack"), (Encoding::Json, "tls-json")] {
+        let mut c = connect(&s, &pki, enc).await;
+        let w = c.join(&s.ticket("tw", bot), Some("tw")).await.expect("join");
+        assert_eq!(w.world, "tw");
+        for _ in 0..20 {
+            c.input(Command::Move(Move::By([1.0, 0.0]))).await.unwrap();
+        }
+        let last = c.input(Command::Say("over TLS".into())).await.unwrap();
+        common::recv_until(&mut c, |m, _| matches!(m, ServerMsg::Update(u) if u.ack_seq >= last)).await;
+        assert!(c.mirror().unwrap().bots().any(|b| b.id == w.bot), "the mirror follows the world: {bot}");
+        c.leave().await.unwrap();
+    }
+    s.stop().await;
+}
+
+/// The client's own verification stopped the handshake (rustls reports it through the socket).
+fn refused_certificate(r: &Result<Client, ClientError>) -> bool {
+    matches!(r, Err(ClientError::WebSocket(tungstenite::Error::Io(e)))
+        if e.kind() == std::io::ErrorKind::InvalidData && format!("{e:?}").contains("InvalidCertificate"))
+}
+
+#[tokio::test]
+async fn a_client_verifies_the_certificate_it_is_shown() {
+    let pki = Pki::new("verify");
+    let s = pki.server().await;
+    // A store without the server's certificate: the client's verification fails the handshake.
+    let stranger = Pki::new("stranger");
+    let untrusted = Client::connect_with_roots(&wss_url(&s), Encoding::MsgPack, Arc::clone(&stranger.roots)).await;
+    assert!(refused_certificate(&untrusted), "{untrusted:?}");
+    // The certificate names localhost, not 127.0.0.1.
+    let by_ip = format!("wss://127.0.0.1:{}/ws", s.ws_addr.port());
+    let wrong_name = Client::connect_with_roots(&by_ip, Encoding::MsgPack, Arc::clone(&pki.roots)).await;
+    assert!(refused_certificate(&wrong_name), "{wrong_name:?}");
+    // The server is none the worse for either.
+    let mut c = connect(&s, &pki, Encoding::MsgPack).await;
+    c.join(&s.ticket("tv", "after"), Some("tv")).await.expect("join");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_plain_ws_client_is_refused_with_a_readable_400() {
+    let pki = Pki::new("plain");
+    let s = pki.server().await;
+    let plain = Client::connect(&s.ws_url, Encoding::MsgPack).await;
+    let Err(ClientError::WebSocket(tungstenite::Error::Http(response))) = plain else {
+        panic!("expected an HTTP refusal, got {plain:?}");
+    };
+    assert_eq!(response.status(), 400);
+    let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).into_owned();
+    assert!(body.contains("wss://"), "{body}");
+
+    // Whatever the plain client sends, the whole answer arrives and the connection ends cleanly.
+    let mut raw = TcpStream::connect(s.ws_addr).await.unwrap();
+    raw.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, raw.read_to_end(&mut answer)).await.expect("closed").unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n") && text.contains("wss://"), "{text}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn garbage_after_a_tls_start_is_closed_and_costs_nothing() {
+    let pki = Pki::new("garbage");
+    let s = pki.server().await;
+    for garbage in [&b"\x16\x03\x01\x00\x05hello"[..], &[0x16; 4096][..], b"\x16"] {
+        let mut raw = TcpStream::connect(s.ws_addr).await.unwrap();
+        raw.write_all(garbage).await.unwrap();
+        let _ = raw.shutdown().await;
+        let mut sink = Vec::new();
+        // An alert then FIN, or a reset: either way the server ends the connection.
+        tokio::time::timeout(WAIT, raw.read_to_end(&mut sink)).await.expect("the server closes").ok();
+    }
+    let mut c = connect(&s, &pki, Encoding::Json).await;
+    c.join(&s.ticket("tg", "after-garbage"), Some("tg")).await.expect("join");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while s.host.metrics().connections.get() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the garbage connections are not freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_drain_closes_tls_clients_with_going_away() {
+    let pki = Pki::new("drain");
+    let mut s = pki.server().await;
+    let mut c = connect(&s, &pki, Encoding::MsgPack).await;
+    c.join(&s.ticket("td", "drained"), Some("td")).await.expect("join");
+    s.begin_shutdown();
+    let (code, _) = tokio::time::timeout(Duration::from_secs(10), common::recv_close(&mut c)).await.expect("closed");
+    assert_eq!(code, close::GOING_AWAY);
+    s.stop().await;
+}
