@@ -1,8 +1,8 @@
 //! `wss://`: a WebSocket listener with a configured certificate serves TLS 1.3 only. A client
 //! that verifies the certificate joins and plays in both encodings; one that does not trust it,
 //! or asks for another name, is stopped by its own verification; a plain `ws://` client is
-//! refused with a readable 400; garbage after a TLS start costs the server nothing; a drain's
-//! close frame arrives through TLS.
+//! refused with a readable 400; garbage after a TLS start costs the server nothing; a client that
+//! stops reading is dropped with its queue capped; a drain's close frame arrives through TLS.
 
 mod common;
 
@@ -142,6 +142,82 @@ async fn garbage_after_a_tls_start_is_closed_and_costs_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "the garbage connections are not freed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_tls_client_that_stops_reading_is_dropped_and_its_queue_stays_capped() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    const MAX_QUEUED: usize = 4096;
+    let pki = Pki::new("slow");
+    let cfg = ServerConfig {
+        ws_tls: Some(pki.files.clone()),
+        tick_hz: 50,
+        max_queued_bytes: MAX_QUEUED,
+        socket_send_buffer: Some(4096),
+        slow_client: Duration::from_secs(2),
+        flush_timeout: Duration::from_secs(1),
+        limits: arena_gameserver::session::SessionLimits {
+            messages_per_sec: 2000.0,
+            message_burst: 2000.0,
+            ..Default::default()
+        },
+        ..common::config()
+    };
+    let s = TestServer::start(cfg).await;
+    let mut talker = connect(&s, &pki, Encoding::Json).await;
+    talker.join(&s.ticket("ts", "talker"), Some("ts")).await.unwrap();
+
+    // A verified TLS client with a tiny receive buffer that joins, then reads nothing.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    let tcp = sock.connect(s.ws_addr).await.unwrap();
+    let mut request = wss_url(&s).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "arena.v1.json".parse().unwrap());
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(Arc::clone(&pki.roots))
+        .with_no_client_auth();
+    let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
+    let (mut stalled, _) =
+        tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)).await.unwrap();
+    let join = format!(r#"{{"type":"join","ticket":"{}"}}"#, s.ticket("ts", "stalled"));
+    stalled.send(tungstenite::Message::text(join)).await.unwrap();
+
+    let m = s.host.metrics().clone();
+    let line = "la ".repeat(90);
+    let mut max_queued = 0;
+    let mut largest = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while m.clients_dropped.get_or_create(&[("reason", "slow_consumer")]).get() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the stalled TLS client was not dropped");
+        for _ in 0..5 {
+            talker.input(Command::Say(line.clone())).await.unwrap();
+        }
+        while let Ok(r) = talker.recv_timeout(Duration::from_millis(5)).await {
+            largest = largest.max(arena_sdk::codec::encode(Encoding::Json, &r.msg).map_or(0, |b| b.len()));
+        }
+        max_queued = max_queued.max(m.outbound_queued_bytes.get());
+    }
+    // A TLS queue may hold one frame past the cap (records cannot be taken back), and the
+    // largest frame a lagging client is sent is its resync snapshot: the world and at most
+    // MAX_HISTORY_EVENTS events, here each a say of `line`. Plus the close frame and close_notify.
+    let say = arena_sdk::protocol::Event::Say { bot: 1, text: line.clone() };
+    let event = serde_json::to_vec(&say).unwrap().len() + 1;
+    let frame = largest.max(4096) + arena_gameserver::room::MAX_HISTORY_EVENTS * event;
+    assert!(max_queued <= (MAX_QUEUED + frame + 1024) as i64, "queued {max_queued}, largest frame {frame}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while m.connections.get() > 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the stalled connection is not freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The talker was never disturbed.
+    let last = talker.input(Command::Say("still here".into())).await.unwrap();
+    common::recv_until(&mut talker, |m, _| matches!(m, ServerMsg::Update(u) if u.ack_seq >= last)).await;
+    drop(stalled);
     s.stop().await;
 }
 

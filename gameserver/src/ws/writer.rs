@@ -141,6 +141,9 @@ impl Conn {
 
     /// A TLS connection's send: the frame is encrypted into the queue (records cannot be taken
     /// back, so the cap is checked first), then the queue written as far as the socket takes it.
+    /// Unlike a plain connection, whose frame larger than the cap is refused when the socket takes
+    /// none of it, a TLS connection with an empty queue always takes the frame: its queue may
+    /// hold one frame past the cap, as a plain connection's may when the socket took part of it.
     fn send_sealed(&self, out: &mut Outbound, frame: &[u8], force: bool) -> Delivery {
         let before = out.queued.len();
         if !force && before > 0 && before + frame.len() > self.max_queued {
