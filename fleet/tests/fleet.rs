@@ -133,7 +133,11 @@ fn dir(name: &str) -> PathBuf {
 
 /// One region of servers with 2 worlds × 30 seats, keeping `buffer` seats free.
 fn spec(region: &str, min: u32, max: u32, buffer: u32, version: &str, args: &[&str]) -> String {
-    let args: Vec<String> = ["--machine-cpu-target", "0"].iter().chain(args).map(|a| format!("{a:?}")).collect();
+    let args: Vec<String> = ["--machine-cpu-target", "0", "--lateness-budget-ms", "500"]
+        .iter()
+        .chain(args)
+        .map(|a| format!("{a:?}"))
+        .collect();
     format!(
         r#"
 allocator: {{ serverTimeoutSecs: 3 }}

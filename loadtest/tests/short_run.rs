@@ -6,7 +6,7 @@
 use std::process::Command;
 
 fn run(extra: &[&str], report: &std::path::Path) -> std::process::Output {
-    run_with(extra, "--machine-cpu-target 0", report)
+    run_with(extra, "--machine-cpu-target 0 --lateness-budget-ms 500", report)
 }
 
 fn run_with(extra: &[&str], gameserver_args: &str, report: &std::path::Path) -> std::process::Output {

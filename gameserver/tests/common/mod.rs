@@ -28,16 +28,17 @@ pub struct TestServer {
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// A config for tests: loopback, free ports, and the machine's CPU not watched (the suite runs
-/// tests side by side on a small machine, busy by design: a server watching it would refuse
-/// bots; `load.rs` tests that signal exactly).
+/// A config for tests: loopback, free ports, the machine's CPU not watched and a tick lateness
+/// budget of 500 ms (the suite runs tests side by side on a small machine, busy by design: a
+/// server holding its ticks to 10 ms there would refuse bots as overloaded; `load.rs` tests both
+/// signals exactly).
 pub fn config() -> ServerConfig {
     let defaults = ServerConfig::default();
     ServerConfig {
         ws_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         server_id: "gs-test".into(),
-        load: LoadConfig { machine_target: 0.0, ..defaults.load },
+        load: LoadConfig { machine_target: 0.0, lateness_budget: Duration::from_millis(500), ..defaults.load },
         ..defaults
     }
 }
