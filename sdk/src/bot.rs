@@ -1,6 +1,7 @@
 //! A bot that takes care of itself: it asks the allocator for a seat, connects, joins, keeps a
 //! mirror of its world, and when the connection drops it resumes its seat — or, when the seat is
-//! gone, allocates afresh — with exponential backoff and jitter.
+//! gone, allocates afresh — with exponential backoff and jitter. It plays over WebSocket, or,
+//! with the `quic` feature and [`Transport::Quic`], over QUIC wherever its server serves it.
 //!
 //! ```no_run
 //! use arena_sdk::bot::{Bot, BotEvent, BotOptions};
@@ -27,11 +28,95 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::allocator_api::{Allocation, AllocationRequest, ApiError, Scheduling};
-use crate::client::{Client, ClientError};
+use crate::allocator_api::{Allocation, AllocationRequest, ApiError, Endpoints, Scheduling};
+use crate::client::{Client, ClientError, Received};
 use crate::codec::Encoding;
 use crate::mirror::{Mirror, SessionEvent};
-use crate::protocol::{Act, BotId, Command, ErrorMsg, Event, Move, ServerMsg, Update, close};
+use crate::protocol::{Act, BotId, Command, ErrorMsg, Event, Move, ServerMsg, Update, Welcome, close};
+#[cfg(feature = "quic")]
+use crate::quic::{QuicClient, Trust};
+
+/// What a bot plays over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// The allocation's `endpoints.ws` (`ws://` or `wss://`).
+    #[default]
+    WebSocket,
+    /// The allocation's `endpoints.quic` when it has one (its certificate pinned by
+    /// `endpoints.quic_cert_sha256`, else verified against [`BotOptions::tls_roots`] or the
+    /// system's roots), else WebSocket.
+    #[cfg(feature = "quic")]
+    Quic,
+}
+
+/// One connection to a gameserver, over either transport.
+#[derive(Debug)]
+enum Conn {
+    Ws(Box<Client>),
+    #[cfg(feature = "quic")]
+    Quic(Box<QuicClient>),
+}
+
+impl Conn {
+    fn transport(&self) -> Transport {
+        match self {
+            Conn::Ws(_) => Transport::WebSocket,
+            #[cfg(feature = "quic")]
+            Conn::Quic(_) => Transport::Quic,
+        }
+    }
+
+    fn mirror(&self) -> Option<&Mirror> {
+        match self {
+            Conn::Ws(c) => c.mirror(),
+            #[cfg(feature = "quic")]
+            Conn::Quic(c) => c.mirror(),
+        }
+    }
+
+    async fn join(&mut self, ticket: &str, world: &str) -> Result<Welcome, ClientError> {
+        match self {
+            Conn::Ws(c) => c.join(ticket, Some(world)).await,
+            #[cfg(feature = "quic")]
+            Conn::Quic(c) => c.join(ticket, Some(world)).await,
+        }
+    }
+
+    async fn resume(&mut self, token: &str) -> Result<Welcome, ClientError> {
+        match self {
+            Conn::Ws(c) => c.resume(token).await,
+            #[cfg(feature = "quic")]
+            Conn::Quic(c) => c.resume(token).await,
+        }
+    }
+
+    async fn input(&mut self, command: Command) -> Result<u32, ClientError> {
+        match self {
+            Conn::Ws(c) => c.input(command).await,
+            #[cfg(feature = "quic")]
+            Conn::Quic(c) => c.input(command).await,
+        }
+    }
+
+    async fn recv(&mut self) -> Result<Received, ClientError> {
+        match self {
+            Conn::Ws(c) => c.recv().await,
+            #[cfg(feature = "quic")]
+            Conn::Quic(c) => c.recv().await,
+        }
+    }
+
+    /// Close with 1000: the seat is freed at once.
+    async fn leave(self) {
+        match self {
+            Conn::Ws(c) => {
+                let _ = c.leave().await;
+            }
+            #[cfg(feature = "quic")]
+            Conn::Quic(c) => c.leave().await,
+        }
+    }
+}
 
 /// How long to wait between reconnection attempts: `initial`, doubling up to `max`; with
 /// `jitter` each wait grows by a random share of itself (up to double), so that a fleet of bots
@@ -83,8 +168,10 @@ pub struct BotOptions {
     /// A server that sends nothing for this long is taken for gone (it sends 20 updates a
     /// second), and the bot reconnects.
     pub silence_timeout: Duration,
-    /// Roots a `wss://` gameserver's certificate is verified against (`None`: the system's).
+    /// Roots a gameserver's certificate (`wss://`, or QUIC without a published hash) is
+    /// verified against (`None`: the system's).
     pub tls_roots: Option<std::sync::Arc<rustls::RootCertStore>>,
+    pub transport: Transport,
 }
 
 impl BotOptions {
@@ -101,6 +188,7 @@ impl BotOptions {
             timeout: Duration::from_secs(10),
             silence_timeout: Duration::from_secs(5),
             tls_roots: None,
+            transport: Transport::default(),
         }
     }
 }
@@ -114,6 +202,8 @@ pub struct Seat {
     pub region: String,
     /// True when the seat was resumed rather than newly allocated.
     pub resumed: bool,
+    /// What the bot plays over on this seat.
+    pub transport: Transport,
 }
 
 /// What happened, in order.
@@ -173,7 +263,7 @@ impl BotError {
                     | C::TicketExpired
             ),
             BotError::Client(ClientError::Closed { code, .. }) => *code != close::POLICY_VIOLATION,
-            BotError::Client(ClientError::WebSocket(_) | ClientError::Timeout(_)) => true,
+            BotError::Client(ClientError::WebSocket(_) | ClientError::Quic(_) | ClientError::Timeout(_)) => true,
             _ => false,
         }
     }
@@ -312,7 +402,7 @@ struct Driver {
     options: BotOptions,
     mirror: Arc<Mutex<Option<Mirror>>>,
     /// The server of the current seat, for resuming.
-    endpoint: Option<(String, Seat)>,
+    endpoint: Option<(Endpoints, Seat)>,
     token: Option<String>,
     events_dropped: u64,
     /// Failed attempts in a row; reset only once a seat was held for a while, so that a seat
@@ -358,7 +448,7 @@ impl Driver {
         }
     }
 
-    fn set_mirror(&self, client: &Client) {
+    fn set_mirror(&self, client: &Conn) {
         if let Ok(mut m) = self.mirror.lock() {
             *m = client.mirror().cloned();
         }
@@ -398,45 +488,75 @@ impl Driver {
         }
     }
 
-    async fn connect(&self, url: &str) -> Result<Client, ClientError> {
-        match &self.options.tls_roots {
-            Some(roots) => Client::connect_with_roots(url, self.options.encoding, std::sync::Arc::clone(roots)).await,
-            None => Client::connect(url, self.options.encoding).await,
+    /// Connect to the seat's server over the transport the options ask for, as it serves it.
+    async fn connect(&self, endpoints: &Endpoints) -> Result<Conn, ClientError> {
+        #[cfg(feature = "quic")]
+        if self.options.transport == Transport::Quic
+            && let Some((host, port)) = endpoints.quic_host_port()
+        {
+            let trust = match &endpoints.quic_cert_sha256 {
+                Some(hex) => {
+                    Trust::pinned_hex(hex).ok_or_else(|| ClientError::Url(format!("bad certificate hash {hex}")))?
+                }
+                None => Trust::Roots(self.options.tls_roots.clone().unwrap_or_else(crate::client::system_roots)),
+            };
+            let addr = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| ClientError::Url(format!("{host}: {e}")))?
+                .next()
+                .ok_or_else(|| ClientError::Url(format!("{host}: no address")))?;
+            let client = QuicClient::connect(addr, host, self.options.encoding, &trust).await?;
+            return Ok(Conn::Quic(Box::new(client)));
         }
+        let url = &endpoints.ws;
+        let client = match &self.options.tls_roots {
+            Some(roots) => Client::connect_with_roots(url, self.options.encoding, Arc::clone(roots)).await?,
+            None => Client::connect(url, self.options.encoding).await?,
+        };
+        Ok(Conn::Ws(Box::new(client)))
     }
 
-    async fn allocate_and_join(&mut self) -> Result<(Client, Seat), BotError> {
+    async fn allocate_and_join(&mut self) -> Result<(Conn, Seat), BotError> {
         let a = self.allocate().await?;
         let timeout = self.options.timeout;
-        let mut client = tokio::time::timeout(timeout, self.connect(&a.endpoints.ws))
+        let mut client = tokio::time::timeout(timeout, self.connect(&a.endpoints))
             .await
             .map_err(|_| ClientError::Timeout(timeout))??;
-        let w = tokio::time::timeout(timeout, client.join(&a.ticket, Some(&a.world_id)))
+        let w = tokio::time::timeout(timeout, client.join(&a.ticket, &a.world_id))
             .await
             .map_err(|_| ClientError::Timeout(timeout))??;
-        let seat = Seat { world_id: a.world_id, bot: w.bot, server_id: a.server_id, region: a.region, resumed: false };
+        let seat = Seat {
+            world_id: a.world_id,
+            bot: w.bot,
+            server_id: a.server_id,
+            region: a.region,
+            resumed: false,
+            transport: client.transport(),
+        };
         self.token = Some(w.resume_token);
-        self.endpoint = Some((a.endpoints.ws, seat.clone()));
+        self.endpoint = Some((a.endpoints, seat.clone()));
         self.set_mirror(&client);
         Ok((client, seat))
     }
 
-    async fn resume(&mut self, token: &str) -> Result<(Client, Seat), ClientError> {
-        let Some((ws, seat)) = self.endpoint.clone() else {
+    async fn resume(&mut self, token: &str) -> Result<(Conn, Seat), ClientError> {
+        let Some((endpoints, seat)) = self.endpoint.clone() else {
             return Err(ClientError::Url("no endpoint to resume on".into()));
         };
         let timeout = self.options.timeout;
-        let mut client =
-            tokio::time::timeout(timeout, self.connect(&ws)).await.map_err(|_| ClientError::Timeout(timeout))??;
+        let mut client = tokio::time::timeout(timeout, self.connect(&endpoints))
+            .await
+            .map_err(|_| ClientError::Timeout(timeout))??;
         let w =
             tokio::time::timeout(timeout, client.resume(token)).await.map_err(|_| ClientError::Timeout(timeout))??;
         self.token = Some(w.resume_token);
         self.set_mirror(&client);
-        Ok((client, Seat { bot: w.bot, resumed: true, ..seat }))
+        let transport = client.transport();
+        Ok((client, Seat { bot: w.bot, resumed: true, transport, ..seat }))
     }
 
     /// Get a seat back: resume while the seat may exist, allocate afresh once it is gone.
-    async fn reconnect(&mut self, mut lost: Lost, events: &mpsc::Sender<BotEvent>) -> Option<Client> {
+    async fn reconnect(&mut self, mut lost: Lost, events: &mpsc::Sender<BotEvent>) -> Option<Conn> {
         if self.seated_at.is_some_and(|t| t.elapsed() >= STABLE_SEAT) {
             self.failures = 0;
         }
@@ -505,7 +625,7 @@ impl Driver {
         }
     }
 
-    async fn run(mut self, mut client: Client, mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<BotEvent>) {
+    async fn run(mut self, mut client: Conn, mut requests: mpsc::Receiver<Request>, events: mpsc::Sender<BotEvent>) {
         self.seated_at = Some(tokio::time::Instant::now());
         // Only what the server sends proves it alive; sending does not.
         let mut heard = tokio::time::Instant::now();
@@ -527,7 +647,7 @@ impl Driver {
                         }
                     }
                     Some(Request::Shutdown(done)) => {
-                        let _ = client.leave().await;
+                        client.leave().await;
                         self.emit(&events, BotEvent::Stopped { reason: "shut down".into() });
                         let _ = done.send(());
                         return;

@@ -97,7 +97,7 @@ async fn bot_plays_over_wss_verifying_the_server_certificate() {
     bot.shutdown().await;
 
     // The system's roots do not know this certificate: the bot refuses to connect.
-    match Bot::connect(&base, options("strict")).await {
+    match Bot::connect(&base, BotOptions { max_attempts: Some(2), ..options("strict") }).await {
         Ok(_) => panic!("joined a server whose certificate nothing vouches for"),
         Err(e) => assert!(format!("{e:?}").contains("InvalidCertificate"), "{e:?}"),
     }
@@ -131,4 +131,44 @@ async fn bot_with_its_own_world_follows_it_to_another_server() {
     assert!(!moved.resumed);
     bot.say("still here").await.unwrap();
     bot.shutdown().await;
+}
+
+/// With the `quic` feature (on in the workspace's test build: the gameserver's tests ask for it).
+#[cfg(feature = "quic")]
+mod over_quic {
+    use super::*;
+    use arena_sdk::bot::Transport;
+
+    #[tokio::test]
+    async fn bot_plays_over_quic_where_served_and_over_websocket_elsewhere() {
+        let alloc = allocator(AllocatorOpts::default()).await;
+        let base = alloc.url.clone();
+        let quic = vec!["--quic-addr".into(), "127.0.0.1:0".into()];
+        let with_quic = gameserver(GameserverOpts { extra: quic, ..GameserverOpts::new("gs-quic", &base) }).await;
+        wait_servers(&base, 1).await;
+
+        let opts = BotOptions { transport: Transport::Quic, ..options("quick") };
+        let mut bot = Bot::connect(&base, opts).await.expect("connect");
+        let seat = next_joined(&mut bot).await;
+        assert_eq!((seat.transport, seat.server_id.as_str()), (Transport::Quic, "gs-quic"));
+        bot.say("over quic").await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(BotEvent::Update(u)) = tokio::time::timeout_at(deadline, bot.next_event()).await.unwrap()
+                && u.events.iter().any(|e| matches!(e, Event::Say { text, .. } if text == "over quic"))
+            {
+                break;
+            }
+        }
+        assert!(bot.with_world(|w| w.bot(seat.bot).is_some()).unwrap(), "the mirror holds the bot");
+
+        // Its server drains: the bot is placed on the one left, which serves WebSocket only.
+        let _plain = server(&base, "gs-plain", None).await;
+        wait_servers(&base, 2).await;
+        with_quic.proc.signal("-TERM");
+        let moved = next_joined(&mut bot).await;
+        assert_eq!((moved.transport, moved.server_id.as_str()), (Transport::WebSocket, "gs-plain"));
+        bot.move_to(5.0, 5.0).await.expect("inputs flow on the new seat");
+        bot.shutdown().await;
+    }
 }
