@@ -1,8 +1,9 @@
 //! `wss://`: a WebSocket listener with a configured certificate serves TLS 1.3 only. A client
 //! that verifies the certificate joins and plays in both encodings; one that does not trust it,
 //! or asks for another name, is stopped by its own verification; a plain `ws://` client is
-//! refused with a readable 400; garbage after a TLS start costs the server nothing; a client that
-//! stops reading is dropped with its queue capped; a drain's close frame arrives through TLS.
+//! refused with a readable 400; garbage after a TLS start costs the server nothing; a forged
+//! record after the join drops the connection and keeps the seat; a client that stops reading is
+//! dropped with its queue capped; a drain's close frame arrives through TLS.
 
 mod common;
 
@@ -142,6 +143,33 @@ async fn garbage_after_a_tls_start_is_closed_and_costs_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "the garbage connections are not freed");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_forged_record_after_the_join_drops_the_connection_and_the_seat_waits_for_a_resume() {
+    let pki = Pki::new("forged");
+    let s = pki.server().await;
+    let mut c = connect(&s, &pki, Encoding::MsgPack).await;
+    let w = c.join(&s.ticket("tf", "forged"), Some("tf")).await.expect("join");
+    // Bytes that look like an application-data record but were not sealed by the client's keys.
+    let tokio_tungstenite::MaybeTlsStream::Rustls(tls) = c.ws_mut().get_mut() else { panic!("not TLS") };
+    let forged = [&[0x17u8, 0x03, 0x03, 0x00, 0x20][..], &[0xab; 32]].concat();
+    tls.get_mut().0.write_all(&forged).await.unwrap();
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Err(e) = c.recv().await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("the server ends the connection");
+    assert!(!matches!(ended, ClientError::Refused(_)), "{ended:?}");
+    // Not the client's fault as far as the seat knows: it is kept for the grace period.
+    let mut back = connect(&s, &pki, Encoding::MsgPack).await;
+    let again = back.resume(&w.resume_token).await.expect("resume");
+    assert_eq!(again.bot, w.bot);
     s.stop().await;
 }
 
