@@ -23,6 +23,8 @@ pub struct Metrics {
     pub connections_pending: Gauge,
     /// Connections answered 503 at once, by reason (`pending_full`, `pending_per_ip`).
     pub connections_shed: Family<Labels, Counter>,
+    /// WebSocket handshakes (TLS included) that did not become a connection, by reason.
+    pub handshakes_failed: Family<Labels, Counter>,
     /// Open connections of the HTTP side port.
     pub http_connections: Gauge,
     /// 1 while `/readyz` answers 200.
@@ -101,6 +103,7 @@ impl Metrics {
             connections: Gauge::default(),
             connections_pending: Gauge::default(),
             connections_shed: Family::default(),
+            handshakes_failed: Family::default(),
             http_connections: Gauge::default(),
             ready: Gauge::default(),
             connected_bots: Gauge::default(),
@@ -149,6 +152,11 @@ impl Metrics {
         r.register("connections", "Open WebSocket connections", m.connections.clone());
         r.register("connections_pending", "Connections waiting to join", m.connections_pending.clone());
         r.register("connections_shed", "Connections answered 503 at once, by reason", m.connections_shed.clone());
+        r.register(
+            "ws_handshakes_failed",
+            "WebSocket handshakes that did not become a connection (timeout, too_large, refused, eof, io, not_tls, tls)",
+            m.handshakes_failed.clone(),
+        );
         r.register("http_connections", "Open connections of the HTTP side port", m.http_connections.clone());
         r.register("ready", "1 while the server is ready to take players", m.ready.clone());
         r.register("connected_bots", "Seats held by a live connection (concurrent players)", m.connected_bots.clone());

@@ -51,6 +51,14 @@ impl Drop for Pki {
     }
 }
 
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn wss_url(s: &TestServer) -> String {
     format!("wss://localhost:{}/ws", s.ws_addr.port())
 }
@@ -121,6 +129,9 @@ async fn a_plain_ws_client_is_refused_with_a_readable_400() {
     tokio::time::timeout(WAIT, raw.read_to_end(&mut answer)).await.expect("closed").unwrap();
     let text = String::from_utf8(answer).unwrap();
     assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n") && text.contains("wss://"), "{text}");
+    drop(raw);
+    let not_tls = || s.host.metrics().handshakes_failed.get_or_create(&[("reason", "not_tls")]).get();
+    eventually("both plain clients are counted", || not_tls() == 2).await;
     s.stop().await;
 }
 
@@ -138,11 +149,9 @@ async fn garbage_after_a_tls_start_is_closed_and_costs_nothing() {
     }
     let mut c = connect(&s, &pki, Encoding::Json).await;
     c.join(&s.ticket("tg", "after-garbage"), Some("tg")).await.expect("join");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while s.host.metrics().connections.get() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the garbage connections are not freed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let failed = |reason| s.host.metrics().handshakes_failed.get_or_create(&[("reason", reason)]).get();
+    eventually("each garbage connection is counted", || failed("tls") + failed("eof") + failed("io") == 3).await;
+    eventually("the garbage connections are freed", || s.host.metrics().connections.get() == 1).await;
     s.stop().await;
 }
 
@@ -237,11 +246,7 @@ async fn a_tls_client_that_stops_reading_is_dropped_and_its_queue_stays_capped()
     let event = serde_json::to_vec(&say).unwrap().len() + 1;
     let frame = largest.max(4096) + arena_gameserver::room::MAX_HISTORY_EVENTS * event;
     assert!(max_queued <= (MAX_QUEUED + frame + 1024) as i64, "queued {max_queued}, largest frame {frame}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while m.connections.get() > 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the stalled connection is not freed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the stalled connection is freed", || m.connections.get() <= 1).await;
     // The talker was never disturbed.
     let last = talker.input(Command::Say("still here".into())).await.unwrap();
     common::recv_until(&mut talker, |m, _| matches!(m, ServerMsg::Update(u) if u.ack_seq >= last)).await;

@@ -143,6 +143,21 @@ pub enum HandshakeError {
     Tls(std::io::Error),
 }
 
+impl HandshakeError {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            HandshakeError::Io(_) => "io",
+            HandshakeError::Timeout(_) => "timeout",
+            HandshakeError::TooLarge => "too_large",
+            HandshakeError::Eof => "eof",
+            HandshakeError::Rejected(_) => "refused",
+            HandshakeError::NotTls => "not_tls",
+            HandshakeError::Tls(_) => "tls",
+        }
+    }
+}
+
 /// A completed handshake: the encoding, and bytes the client sent after its request.
 #[derive(Debug)]
 pub struct Accepted {

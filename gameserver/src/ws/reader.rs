@@ -80,7 +80,10 @@ pub async fn serve(
                 Conn::new(host.next_conn_id(), accepted.enc, stream, tls, cfg.max_queued_bytes, Arc::clone(&metrics));
             run(&conn, &host, accepted.leftover, Some(pending), &shutdown).await;
         }
-        Err(e) => tracing::debug!(error = %e, %peer, "handshake did not complete"),
+        Err(e) => {
+            Metrics::count(&metrics.handshakes_failed, "reason", e.label());
+            tracing::debug!(error = %e, %peer, "handshake did not complete");
+        }
     }
     metrics.connections.dec();
 }
