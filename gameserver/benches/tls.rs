@@ -5,7 +5,7 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
-use arena_gameserver::quic::tls::Identity;
+use arena_gameserver::certificate::Identity;
 use arena_gameserver::ws::tls::{Session, server_config};
 use bytes::BytesMut;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -24,31 +24,31 @@ fn pair() -> (ClientConnection, ServerConnection) {
         .with_no_client_auth();
     let mut client = ClientConnection::new(Arc::new(client_cfg), ServerName::try_from("localhost").unwrap()).unwrap();
     let mut server = ServerConnection::new(server_config(&id).unwrap()).unwrap();
-    let mut wire = Vec::new();
     for _ in 0..10 {
-        while client.wants_write() {
-            client.write_tls(&mut wire).unwrap();
-        }
-        let mut rd = &wire[..];
-        while !rd.is_empty() {
-            server.read_tls(&mut rd).unwrap();
-            server.process_new_packets().unwrap();
-        }
-        wire.clear();
-        while server.wants_write() {
-            server.write_tls(&mut wire).unwrap();
-        }
-        let mut rd = &wire[..];
-        while !rd.is_empty() {
-            client.read_tls(&mut rd).unwrap();
-            client.process_new_packets().unwrap();
-        }
-        wire.clear();
+        transfer(&mut client, &mut server);
+        transfer(&mut server, &mut client);
         if !client.is_handshaking() && !server.is_handshaking() {
             return (client, server);
         }
     }
     panic!("the handshake did not finish");
+}
+
+/// Move what `from` has to send into `to`.
+fn transfer<A, B, DA, DB>(from: &mut A, to: &mut B)
+where
+    A: std::ops::DerefMut<Target = rustls::ConnectionCommon<DA>>,
+    B: std::ops::DerefMut<Target = rustls::ConnectionCommon<DB>>,
+{
+    let mut wire = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut wire).unwrap();
+    }
+    let mut rd = &wire[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).unwrap();
+        to.process_new_packets().unwrap();
+    }
 }
 
 fn seal_and_open(c: &mut Criterion) {

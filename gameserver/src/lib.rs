@@ -22,6 +22,7 @@
 
 pub mod activity_hooks;
 pub mod admission;
+pub mod certificate;
 pub mod clock;
 pub mod config;
 pub mod fuzzing;

@@ -67,7 +67,7 @@ impl Server {
         let ws = listener::bind(cfg.ws_addr, cfg.listen_backlog)?;
         let ws_tls = match &cfg.ws_tls {
             Some((cert, key)) => {
-                Some(crate::ws::tls::server_config(&crate::quic::tls::Identity::from_pem(cert, key)?)?)
+                Some(crate::ws::tls::server_config(&crate::certificate::Identity::from_pem(cert, key)?)?)
             }
             None => None,
         };
@@ -76,10 +76,10 @@ impl Server {
             None => None,
             Some(q) => {
                 let identity = match &q.cert {
-                    Some((cert, key)) => crate::quic::tls::Identity::from_pem(cert, key)?,
+                    Some((cert, key)) => crate::certificate::Identity::from_pem(cert, key)?,
                     None => {
                         let names = vec!["localhost".to_owned(), q.addr.ip().to_string()];
-                        crate::quic::tls::Identity::self_signed(&names)?
+                        crate::certificate::Identity::self_signed(&names)?
                     }
                 };
                 let endpoint = crate::quic::bind(q.addr, &identity, cfg.max_queued_bytes)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use rustls::ServerConnection;
 
-use crate::quic::tls::Identity;
+use crate::certificate::{Identity, tls13_server};
 
 /// The first byte of every TLS connection: a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -21,14 +21,7 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// The listener's TLS configuration for `identity`: TLS 1.3, ALPN `http/1.1` (the upgrade is
 /// HTTP/1.1).
 pub fn server_config(identity: &Identity) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3")?
-        .with_no_client_auth()
-        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .context("the WebSocket certificate and key do not fit")?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let mut tls = tls13_server(identity, vec![b"http/1.1".to_vec()]).context("wss://")?;
     // Tickets for resumption would only cost memory: bots reconnect rarely.
     tls.send_tls13_tickets = 0;
     Ok(Arc::new(tls))

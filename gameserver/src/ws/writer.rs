@@ -49,6 +49,8 @@ pub struct Conn {
     max_queued: usize,
     stream: TcpStream,
     id: u64,
+    /// The connection speaks TLS (fixed at the handshake; read without the lock).
+    tls: bool,
     /// Wakes the connection task: bytes were queued, or the server closed the connection.
     wake: Notify,
     metrics: Arc<Metrics>,
@@ -65,6 +67,7 @@ impl Conn {
     ) -> Arc<Self> {
         Arc::new(Conn {
             id,
+            tls: tls.is_some(),
             enc,
             stream,
             out: Mutex::new(Outbound { tls, ..Outbound::default() }),
@@ -199,7 +202,7 @@ impl Conn {
 
     /// Whether the connection speaks TLS.
     pub fn is_tls(&self) -> bool {
-        self.out.lock().tls.is_some()
+        self.tls
     }
 
     /// Send a frame built by the caller (pong, close).
