@@ -191,12 +191,8 @@ async fn an_allocation_names_the_quic_endpoint_and_its_certificate_and_a_quic_bo
 
     // A configured certificate is verified by its chain: no hash to pin; the endpoint is the
     // one the server was told to publish.
-    let dir = std::env::temp_dir().join(format!("arena-e2e-pem-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["gs-named.arena.test".to_owned()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let made = arena_testkit::certs::TestCert::new(&["gs-named.arena.test"]);
+    let (cert, key) = made.files();
     let named = GameserverOpts {
         extra: ["--quic-addr", "127.0.0.1:0", "--public-quic-url", "quic://gs-named.arena.test:7443"]
             .into_iter()
@@ -214,7 +210,6 @@ async fn an_allocation_names_the_quic_endpoint_and_its_certificate_and_a_quic_bo
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["endpoints"]["quic"], "quic://gs-named.arena.test:7443", "{v}");
     assert!(v["endpoints"].get("quic_cert_sha256").is_none(), "{v}");
-    let _ = std::fs::remove_dir_all(&dir);
 
     // A server without QUIC: the answer an old client knows, no QUIC fields at all.
     let (status, v) = allocate(&client, &base, json!({"bot_id": "ws-bot", "regions": ["ws-region"]})).await;

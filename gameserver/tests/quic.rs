@@ -254,26 +254,18 @@ async fn past_the_connection_limit_an_attempt_is_refused_at_once() {
 
 #[tokio::test]
 async fn a_configured_certificate_is_presented_and_verified_against_the_server_name() {
-    let dir = std::env::temp_dir().join(format!("arena-quic-pem-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["gs-1.arena.test".to_owned()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let made = arena_testkit::certs::TestCert::new(&["gs-1.arena.test"]);
     let cfg = ServerConfig {
-        quic: Some(QuicConfig { addr: "127.0.0.1:0".parse().unwrap(), cert: Some((cert, key)) }),
+        quic: Some(QuicConfig { addr: "127.0.0.1:0".parse().unwrap(), cert: Some(made.files()) }),
         ..common::config()
     };
     let s = TestServer::start(cfg).await;
     let (addr, _) = s.quic.clone().unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(made.cert.der().clone()).unwrap();
-    let trust = Trust::Roots(std::sync::Arc::new(roots));
+    let trust = Trust::Roots(made.roots());
 
     let mut c = QuicClient::connect(addr, "gs-1.arena.test", Encoding::MsgPack, &trust).await.expect("verified");
     c.join(&s.ticket("qc", "verified"), Some("qc")).await.expect("join");
     let wrong_name = QuicClient::connect(addr, "other.arena.test", Encoding::MsgPack, &trust).await;
     assert!(wrong_name.is_err(), "the certificate does not name other.arena.test");
     s.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,40 +14,16 @@ use arena_gameserver::ServerConfig;
 use arena_sdk::Encoding;
 use arena_sdk::client::{Client, ClientError};
 use arena_sdk::protocol::{Command, Move, ServerMsg, close};
+use arena_testkit::certs::TestCert;
 use common::{TestServer, WAIT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-/// A certificate for `localhost`, written as PEM files, and a root store that trusts it.
-struct Pki {
-    dir: PathBuf,
-    roots: Arc<rustls::RootCertStore>,
-    files: (PathBuf, PathBuf),
-}
-
-impl Pki {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("arena-wss-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        let files = (dir.join("cert.pem"), dir.join("key.pem"));
-        std::fs::write(&files.0, made.cert.pem()).unwrap();
-        std::fs::write(&files.1, made.signing_key.serialize_pem()).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(made.cert.der().clone()).unwrap();
-        Pki { dir, roots: Arc::new(roots), files }
-    }
-
-    async fn server(&self) -> TestServer {
-        TestServer::start(ServerConfig { ws_tls: Some(self.files.clone()), ..common::config() }).await
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A server on `wss://` with a certificate for `localhost`.
+async fn tls_server(cert: &TestCert) -> TestServer {
+    TestServer::start(ServerConfig { ws_tls: Some(cert.files()), ..common::config() }).await
 }
 
 async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
@@ -63,14 +38,14 @@ fn wss_url(s: &TestServer) -> String {
     format!("wss://localhost:{}/ws", s.ws_addr.port())
 }
 
-async fn connect(s: &TestServer, pki: &Pki, enc: Encoding) -> Client {
-    Client::connect_with_roots(&wss_url(s), enc, Arc::clone(&pki.roots)).await.expect("a verified wss:// connection")
+async fn connect(s: &TestServer, pki: &TestCert, enc: Encoding) -> Client {
+    Client::connect_with_roots(&wss_url(s), enc, pki.roots()).await.expect("a verified wss:// connection")
 }
 
 #[tokio::test]
 async fn a_verifying_client_joins_and_its_inputs_are_acknowledged_in_both_encodings() {
-    let pki = Pki::new("play");
-    let s = pki.server().await;
+    let pki = TestCert::new(&["localhost"]);
+    let s = tls_server(&pki).await;
     for (enc, bot) in [(Encoding::MsgPack, "tls-msgpack"), (Encoding::Json, "tls-json")] {
         let mut c = connect(&s, &pki, enc).await;
         let w = c.join(&s.ticket("tw", bot), Some("tw")).await.expect("join");
@@ -94,15 +69,15 @@ fn refused_certificate(r: &Result<Client, ClientError>) -> bool {
 
 #[tokio::test]
 async fn a_client_verifies_the_certificate_it_is_shown() {
-    let pki = Pki::new("verify");
-    let s = pki.server().await;
+    let pki = TestCert::new(&["localhost"]);
+    let s = tls_server(&pki).await;
     // A store without the server's certificate: the client's verification fails the handshake.
-    let stranger = Pki::new("stranger");
-    let untrusted = Client::connect_with_roots(&wss_url(&s), Encoding::MsgPack, Arc::clone(&stranger.roots)).await;
+    let stranger = TestCert::new(&["localhost"]);
+    let untrusted = Client::connect_with_roots(&wss_url(&s), Encoding::MsgPack, stranger.roots()).await;
     assert!(refused_certificate(&untrusted), "{untrusted:?}");
     // The certificate names localhost, not 127.0.0.1.
     let by_ip = format!("wss://127.0.0.1:{}/ws", s.ws_addr.port());
-    let wrong_name = Client::connect_with_roots(&by_ip, Encoding::MsgPack, Arc::clone(&pki.roots)).await;
+    let wrong_name = Client::connect_with_roots(&by_ip, Encoding::MsgPack, pki.roots()).await;
     assert!(refused_certificate(&wrong_name), "{wrong_name:?}");
     // The server is none the worse for either.
     let mut c = connect(&s, &pki, Encoding::MsgPack).await;
@@ -112,8 +87,8 @@ async fn a_client_verifies_the_certificate_it_is_shown() {
 
 #[tokio::test]
 async fn a_plain_ws_client_is_refused_with_a_readable_400() {
-    let pki = Pki::new("plain");
-    let s = pki.server().await;
+    let pki = TestCert::new(&["localhost"]);
+    let s = tls_server(&pki).await;
     let plain = Client::connect(&s.ws_url, Encoding::MsgPack).await;
     let Err(ClientError::WebSocket(tungstenite::Error::Http(response))) = plain else {
         panic!("expected an HTTP refusal, got {plain:?}");
@@ -137,8 +112,8 @@ async fn a_plain_ws_client_is_refused_with_a_readable_400() {
 
 #[tokio::test]
 async fn garbage_after_a_tls_start_is_closed_and_costs_nothing() {
-    let pki = Pki::new("garbage");
-    let s = pki.server().await;
+    let pki = TestCert::new(&["localhost"]);
+    let s = tls_server(&pki).await;
     for garbage in [&b"\x16\x03\x01\x00\x05hello"[..], &[0x16; 4096][..], b"\x16"] {
         let mut raw = TcpStream::connect(s.ws_addr).await.unwrap();
         raw.write_all(garbage).await.unwrap();
@@ -157,8 +132,8 @@ async fn garbage_after_a_tls_start_is_closed_and_costs_nothing() {
 
 #[tokio::test]
 async fn a_forged_record_after_the_join_drops_the_connection_and_the_seat_waits_for_a_resume() {
-    let pki = Pki::new("forged");
-    let s = pki.server().await;
+    let pki = TestCert::new(&["localhost"]);
+    let s = tls_server(&pki).await;
     let mut c = connect(&s, &pki, Encoding::MsgPack).await;
     let w = c.join(&s.ticket("tf", "forged"), Some("tf")).await.expect("join");
     // Bytes that look like an application-data record but were not sealed by the client's keys.
@@ -185,12 +160,11 @@ async fn a_forged_record_after_the_join_drops_the_connection_and_the_seat_waits_
 #[tokio::test]
 async fn a_tls_client_that_stops_reading_is_dropped_and_its_queue_stays_capped() {
     use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
     const MAX_QUEUED: usize = 4096;
-    let pki = Pki::new("slow");
+    let pki = TestCert::new(&["localhost"]);
     let cfg = ServerConfig {
-        ws_tls: Some(pki.files.clone()),
+        ws_tls: Some(pki.files()),
         tick_hz: 50,
         max_queued_bytes: MAX_QUEUED,
         socket_send_buffer: Some(4096),
@@ -213,12 +187,7 @@ async fn a_tls_client_that_stops_reading_is_dropped_and_its_queue_stays_capped()
     let tcp = sock.connect(s.ws_addr).await.unwrap();
     let mut request = wss_url(&s).into_client_request().unwrap();
     request.headers_mut().insert("Sec-WebSocket-Protocol", "arena.v1.json".parse().unwrap());
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(Arc::clone(&pki.roots))
-        .with_no_client_auth();
-    let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
+    let connector = tokio_tungstenite::Connector::Rustls(client_tls(&pki, &[]));
     let (mut stalled, _) =
         tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)).await.unwrap();
     let join = format!(r#"{{"type":"join","ticket":"{}"}}"#, s.ticket("ts", "stalled"));
@@ -254,14 +223,67 @@ async fn a_tls_client_that_stops_reading_is_dropped_and_its_queue_stays_capped()
     s.stop().await;
 }
 
+/// A client's TLS configuration trusting `cert`, offering `alpn`.
+fn client_tls(cert: &TestCert, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(cert.roots())
+        .with_no_client_auth();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(tls)
+}
+
+#[tokio::test]
+async fn alpn_if_sent_must_include_http_1_1() {
+    let pki = TestCert::new(&["localhost"]);
+    let s = tls_server(&pki).await;
+    for (alpn, ok) in [(&[&b"h2"[..]][..], false), (&[b"h2", b"http/1.1"], true)] {
+        let mut request = wss_url(&s).into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "arena.v1.json".parse().unwrap());
+        let connector = tokio_tungstenite::Connector::Rustls(client_tls(&pki, alpn));
+        let tcp = TcpStream::connect(s.ws_addr).await.unwrap();
+        let r = tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector)).await;
+        assert_eq!(r.is_ok(), ok, "ALPN {alpn:?}: {:?}", r.err());
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_tls_handshake_and_the_request_share_the_handshake_deadline() {
+    let pki = TestCert::new(&["localhost"]);
+    let limit = Duration::from_millis(300);
+    let s = TestServer::start(ServerConfig { ws_tls: Some(pki.files()), handshake_timeout: limit, ..common::config() })
+        .await;
+    // One stops inside the TLS handshake, one after it, before its HTTP request.
+    let mut half = TcpStream::connect(s.ws_addr).await.unwrap();
+    half.write_all(b"\x16\x03\x01").await.unwrap();
+    let connector = tokio_rustls::TlsConnector::from(client_tls(&pki, &[]));
+    let tcp = TcpStream::connect(s.ws_addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut silent = connector.connect(name, tcp).await.expect("the TLS handshake");
+    let started = tokio::time::Instant::now();
+    let mut sink = Vec::new();
+    tokio::time::timeout(WAIT, half.read_to_end(&mut sink)).await.expect("closed mid-handshake").ok();
+    tokio::time::timeout(WAIT, silent.read_to_end(&mut sink)).await.expect("closed before the request").ok();
+    assert!(started.elapsed() < limit + Duration::from_secs(2), "closed after {:?}", started.elapsed());
+    let failed = |reason| s.host.metrics().handshakes_failed.get_or_create(&[("reason", reason)]).get();
+    eventually("both are counted as timed out", || failed("timeout") == 2).await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_drain_closes_tls_clients_with_going_away() {
-    let pki = Pki::new("drain");
-    let mut s = pki.server().await;
+    let pki = TestCert::new(&["localhost"]);
+    let mut s = tls_server(&pki).await;
     let mut c = connect(&s, &pki, Encoding::MsgPack).await;
     c.join(&s.ticket("td", "drained"), Some("td")).await.expect("join");
     s.begin_shutdown();
     let (code, _) = tokio::time::timeout(Duration::from_secs(10), common::recv_close(&mut c)).await.expect("closed");
     assert_eq!(code, close::GOING_AWAY);
+    // Then close_notify: the TLS stream ends cleanly (without it rustls reports an unexpected EOF).
+    let mut rest = [0u8; 64];
+    let end = tokio::time::timeout(WAIT, c.ws_mut().get_mut().read(&mut rest)).await.expect("the stream ends");
+    assert_eq!(end.expect("a clean TLS end, not a truncation"), 0);
     s.stop().await;
 }

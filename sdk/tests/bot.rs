@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use arena_sdk::bot::{Backoff, Bot, BotEvent, BotOptions, Seat};
 use arena_sdk::protocol::Event;
+use arena_testkit::certs::TestCert;
 use arena_testkit::process::{AllocatorOpts, GameserverOpts, GameserverProc, allocator, gameserver, wait_servers};
 use arena_testkit::proxy::Proxy;
 
@@ -23,6 +24,18 @@ async fn next_joined(bot: &mut Bot) -> Seat {
             Some(BotEvent::Stopped { reason }) => panic!("stopped: {reason}"),
             Some(_) => {}
             None => panic!("bot ended"),
+        }
+    }
+}
+
+/// Wait until the bot's world shows someone saying `text`.
+async fn hear(bot: &mut Bot, text: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(BotEvent::Update(u)) = tokio::time::timeout_at(deadline, bot.next_event()).await.expect(text)
+            && u.events.iter().any(|e| matches!(e, Event::Say { text: said, .. } if said == text))
+        {
+            return;
         }
     }
 }
@@ -47,14 +60,7 @@ async fn bot_plays_resumes_after_a_drop_and_shuts_down() {
     let first = next_joined(&mut bot).await;
     assert!(!first.resumed);
     bot.say("before the drop").await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(BotEvent::Update(u)) = tokio::time::timeout_at(deadline, bot.next_event()).await.unwrap()
-            && u.events.iter().any(|e| matches!(e, Event::Say { text, .. } if text == "before the drop"))
-        {
-            break;
-        }
-    }
+    hear(&mut bot, "before the drop").await;
 
     proxy.cut().await;
     let again = next_joined(&mut bot).await;
@@ -67,12 +73,8 @@ async fn bot_plays_resumes_after_a_drop_and_shuts_down() {
 
 #[tokio::test]
 async fn bot_plays_over_wss_verifying_the_server_certificate() {
-    let dir = std::env::temp_dir().join(format!("arena-bot-wss-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let made = TestCert::new(&["localhost", "127.0.0.1"]);
+    let (cert, key) = made.files();
     let alloc = allocator(AllocatorOpts::default()).await;
     let base = alloc.url.clone();
     let tls =
@@ -80,20 +82,11 @@ async fn bot_plays_over_wss_verifying_the_server_certificate() {
     let _gs = gameserver(GameserverOpts { extra: tls, ..GameserverOpts::new("gs-tls", &base) }).await;
     wait_servers(&base, 1).await;
 
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(made.cert.der().clone()).unwrap();
-    let opts = BotOptions { tls_roots: Some(std::sync::Arc::new(roots)), ..options("secure") };
+    let opts = BotOptions { tls_roots: Some(made.roots()), ..options("secure") };
     let mut bot = Bot::connect(&base, opts).await.expect("connect");
     next_joined(&mut bot).await;
     bot.say("over wss").await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(BotEvent::Update(u)) = tokio::time::timeout_at(deadline, bot.next_event()).await.unwrap()
-            && u.events.iter().any(|e| matches!(e, Event::Say { text, .. } if text == "over wss"))
-        {
-            break;
-        }
-    }
+    hear(&mut bot, "over wss").await;
     bot.shutdown().await;
 
     // The system's roots do not know this certificate: the bot refuses to connect.
@@ -101,7 +94,6 @@ async fn bot_plays_over_wss_verifying_the_server_certificate() {
         Ok(_) => panic!("joined a server whose certificate nothing vouches for"),
         Err(e) => assert!(format!("{e:?}").contains("InvalidCertificate"), "{e:?}"),
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -152,14 +144,7 @@ mod over_quic {
         let seat = next_joined(&mut bot).await;
         assert_eq!((seat.transport, seat.server_id.as_str()), (Transport::Quic, "gs-quic"));
         bot.say("over quic").await.unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if let Some(BotEvent::Update(u)) = tokio::time::timeout_at(deadline, bot.next_event()).await.unwrap()
-                && u.events.iter().any(|e| matches!(e, Event::Say { text, .. } if text == "over quic"))
-            {
-                break;
-            }
-        }
+        hear(&mut bot, "over quic").await;
         assert!(bot.with_world(|w| w.bot(seat.bot).is_some()).unwrap(), "the mirror holds the bot");
 
         // Its server drains: the bot is placed on the one left, which serves WebSocket only.

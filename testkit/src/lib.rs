@@ -10,9 +10,11 @@
 //! - [`stores`]: a fresh database on the shared PostgreSQL (migrated), a fresh key prefix on the
 //!   shared Redis, a throwaway PostgreSQL server a test may stop. A store that cannot be reached
 //!   fails the test; nothing is skipped;
+//! - [`certs`]: a self-signed certificate as PEM files and the roots that trust it;
 //! - [`http`]: small JSON helpers and waiting on a condition with a deadline;
 //! - [`layering`]: the module graph of a crate, and its cycles.
 
+pub mod certs;
 pub mod http;
 pub mod layering;
 pub mod process;
